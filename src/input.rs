@@ -1,0 +1,164 @@
+//! `wsgi.input`: a read-only binary file over the server's [`BodyReader`], with the
+//! methods PEP 3333 requires (read, read(n), readline, readline(size), readlines,
+//! iteration). Reads from the server happen without the GIL.
+
+use crate::server::BodyReader;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use std::sync::Mutex;
+
+const FILL_SIZE: usize = 64 * 1024;
+
+#[pyclass(frozen, module = "rwsgi", name = "Input")]
+pub struct Input {
+    state: Mutex<Buffered>,
+}
+
+struct Buffered {
+    reader: Box<dyn BodyReader>,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl Buffered {
+    fn available(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Reads one more block from the server with the GIL released.
+    fn fill(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + FILL_SIZE, 0);
+        let reader = &mut self.reader;
+        let target = &mut self.buf[start..];
+        let result = py.detach(|| reader.read(target));
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.truncate(start);
+                return Err(pyo3::exceptions::PyOSError::new_err(format!(
+                    "error reading the request body: {e}"
+                )));
+            }
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.available().len());
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        out
+    }
+
+    fn read(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+        while !self.eof && size.is_none_or(|n| self.available().len() < n) {
+            self.fill(py)?;
+        }
+        let n = size.unwrap_or(usize::MAX);
+        Ok(self.take(n).to_vec())
+    }
+
+    fn readline(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+        let limit = size.unwrap_or(usize::MAX);
+        let mut scanned = 0;
+        loop {
+            let avail = self.available();
+            if let Some(i) = avail[scanned..].iter().position(|&b| b == b'\n') {
+                return Ok(self.take((scanned + i + 1).min(limit)).to_vec());
+            }
+            scanned = avail.len();
+            if scanned >= limit || self.eof {
+                return Ok(self.take(limit).to_vec());
+            }
+            self.fill(py)?;
+        }
+    }
+}
+
+impl Input {
+    pub fn new(reader: Box<dyn BodyReader>) -> Self {
+        Input {
+            state: Mutex::new(Buffered {
+                reader,
+                buf: Vec::new(),
+                pos: 0,
+                eof: false,
+            }),
+        }
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut Buffered) -> PyResult<T>) -> PyResult<T> {
+        // try_lock: blocking here while holding the GIL could deadlock with a thread that
+        // holds the lock and waits for the GIL inside fill().
+        let mut guard = self
+            .state
+            .try_lock()
+            .map_err(|_| PyRuntimeError::new_err("wsgi.input is being read by another thread"))?;
+        f(&mut guard)
+    }
+}
+
+/// PEP 3333 passes None or a negative number for "no limit".
+fn limit(size: Option<isize>) -> Option<usize> {
+    size.filter(|&n| n >= 0).map(|n| n as usize)
+}
+
+#[pymethods]
+impl Input {
+    #[pyo3(signature = (size = None))]
+    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.with_state(|s| s.read(py, limit(size)))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[pyo3(signature = (size = None))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.with_state(|s| s.readline(py, limit(size)))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[pyo3(signature = (hint = None))]
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+        let hint = limit(hint).filter(|&n| n > 0);
+        let lines = PyList::empty(py);
+        let mut total = 0;
+        loop {
+            let line = self.with_state(|s| s.readline(py, None))?;
+            if line.is_empty() {
+                break;
+            }
+            total += line.len();
+            lines.append(PyBytes::new(py, &line))?;
+            if hint.is_some_and(|h| total >= h) {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.with_state(|s| s.readline(py, None))?;
+        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {}
+}

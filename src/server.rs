@@ -1,0 +1,113 @@
+//! The interface between the engine and a server module: what the server hands in for a
+//! request ([`Request`], a [`BodyReader`]) and where the response goes ([`ResponseSink`]).
+//! Everything here is plain Rust data; the engine never sees an nginx or Apache struct.
+
+use std::fs::File;
+use std::io;
+
+/// One request, copied out of the server's own request struct before Python runs.
+#[derive(Debug, Default, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Mount point, URL-decoded bytes (becomes a latin-1 str).
+    pub script_name: Vec<u8>,
+    /// Rest of the path after the mount point, URL-decoded bytes.
+    pub path_info: Vec<u8>,
+    /// Raw query string, not decoded.
+    pub query_string: Vec<u8>,
+    /// "HTTP/1.1", "HTTP/1.0", ... as sent by the client.
+    pub protocol: String,
+    pub server_name: Vec<u8>,
+    pub server_port: String,
+    pub remote_addr: String,
+    pub remote_port: String,
+    pub https: bool,
+    /// Request headers in arrival order, names and values as received.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The body length if known up front (CONTENT_LENGTH); None leaves it out.
+    pub content_length: Option<u64>,
+    /// True when reading wsgi.input to EOF is safe (the server ends the stream).
+    pub input_terminated: bool,
+    /// Server-specific environ keys (REQUEST_URI, DOCUMENT_ROOT, mod_wsgi.*, params...).
+    pub extra: Vec<(String, ExtraValue)>,
+}
+
+/// The value of a server-specific environ key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtraValue {
+    /// Becomes a native (latin-1 decoded) str.
+    Str(Vec<u8>),
+    /// Becomes a tuple of ints, like `apache.version`.
+    IntTuple(Vec<i64>),
+}
+
+/// The request body as the server delivers it. `read` may block; the engine calls it
+/// without holding the GIL. Ok(0) means the body is complete.
+pub trait BodyReader: Send {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A body that is already in memory.
+impl BodyReader for io::Cursor<Vec<u8>> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(self, buf)
+    }
+}
+
+/// The status line and headers, checked and ready for the wire.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// The whole status line as the app gave it, e.g. "404 Not Found".
+    pub status_line: String,
+    /// Headers other than Content-Length, in the app's order.
+    pub headers: Vec<(String, String)>,
+    pub content_length: Option<u64>,
+}
+
+/// What the engine asks the server to do, in order. A response is `Head`, then body
+/// parts, then exactly one of `End` / `Abort`; or `Fail` alone when nothing was sent.
+#[derive(Debug)]
+pub enum OutputEvent {
+    Head(ResponseHead),
+    Data(Vec<u8>),
+    /// Send `len` bytes of `file` starting at `offset` (sendfile where the server can).
+    File { file: File, offset: u64, len: u64 },
+    /// The body is complete.
+    End,
+    /// The body is broken after bytes went out: close the connection without the
+    /// terminating chunk so the client can tell.
+    Abort,
+    /// Nothing was sent: answer with this status (500) from the server's error page.
+    Fail(u16),
+}
+
+impl OutputEvent {
+    /// True for the event that finishes a response.
+    pub fn is_final(&self) -> bool {
+        matches!(self, OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_))
+    }
+}
+
+/// The client disconnected: stop producing the body. The final event must still be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientGone;
+
+/// Log levels the engine uses; each server maps them to its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+}
+
+/// Where one request's output and log lines go. Shared (Arc) between the response and
+/// wsgi.errors, which the app may keep beyond the request: after the final event the
+/// server must still accept `log` (and send it to its global log).
+pub trait ResponseSink: Send + Sync {
+    /// Hands over events in order; drains `events`. May block for backpressure (the engine
+    /// calls it without the GIL). Err means the client is gone; later calls keep failing.
+    fn send(&self, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone>;
+    /// One line for the server's error log, in the request's context where possible.
+    fn log(&self, level: LogLevel, message: &str);
+}
