@@ -150,7 +150,7 @@ fn load<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAny>> {
 /// An exception with its traceback, as one block of text for the error log.
 pub fn format_error(py: Python<'_>, err: &PyErr) -> String {
     let formatted = loader(py).and_then(|l| {
-        l.call_method1("format_exception", (err.value(py),))?
+        l.call_method1("format_exception", (err.value(py), err.traceback(py)))?
             .extract::<String>()
     });
     formatted.unwrap_or_else(|_| err.to_string())

@@ -59,5 +59,5 @@ def add_path(entries):
             sys.path.insert(0, entry)
 
 
-def format_exception(exc):
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+def format_exception(exc, tb):
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__)).rstrip()

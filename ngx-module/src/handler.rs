@@ -1,0 +1,184 @@
+//! The content handler: waits for nginx to read the body, copies the request into the
+//! engine's [`rwsgi::Request`], and hands it to the worker's Python thread pool. From here
+//! on the request belongs to output.rs until the thread's final event.
+
+use crate::body::NginxBody;
+use crate::config::{location_conf, LocConf};
+use crate::exchange::Exchange;
+use crate::output::{arm_guard, on_read, RequestCtx};
+use crate::{worker, Module};
+use ngx::ffi::*;
+use ngx::http::{HttpModule, HttpModuleServerConf, NgxHttpCoreModule};
+use ngx::ngx_log_error;
+use rwsgi::{ExtraValue, Request, ResponseSink};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"));
+
+/// SAFETY: nginx calls content handlers on the event loop with a live request.
+pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    let result = std::panic::catch_unwind(|| {
+        // Reads the whole body (memory or temp file, chunked included) before Python
+        // sees the request; 413 for client_max_body_size comes from here.
+        let rc = ngx_http_read_client_request_body(r, Some(body_ready));
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        NGX_DONE as ngx_int_t
+    });
+    result.unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+}
+
+/// Body post-handler: runs with the request count that read_client_request_body took,
+/// which our final ngx_http_finalize_request releases.
+extern "C" fn body_ready(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx passes the live request whose body it has read.
+    let rc = std::panic::catch_unwind(|| unsafe { start_request(r) });
+    match rc {
+        Ok(Ok(())) => {}
+        Ok(Err(status)) => unsafe { ngx_http_finalize_request(r, status) },
+        Err(_) => unsafe { ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t) },
+    }
+}
+
+/// Posts the request to the thread pool; Err(status) answers it right away.
+unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
+    let c = (*r).connection;
+    let log = (*c).log;
+    let lc = location_conf(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
+    let Some(spec) = lc.app.clone() else {
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    };
+    let Some(worker) = worker::get() else {
+        ngx_log_error!(NGX_LOG_ERR, log, "wsgi: Python is not running in this worker (see the worker start-up error)");
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    };
+    let (body, body_len) = NginxBody::capture(r).map_err(|e| {
+        ngx_log_error!(NGX_LOG_ERR, log, "wsgi: cannot read the request body: {}", e);
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+    })?;
+    let request = build_request(r, lc, body_len);
+
+    // Loop-side context, freed with the request pool.
+    let cln = ngx_pool_cleanup_add((*r).pool, 0);
+    if cln.is_null() {
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    }
+    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, Exchange::new(0))));
+    // The exchange needs the ctx address, known only now.
+    (*ctx).exchange = Exchange::new(ctx as usize);
+    (*cln).handler = Some(free_ctx);
+    (*cln).data = ctx as *mut c_void;
+    *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
+
+    let sink: Arc<dyn ResponseSink> = (*ctx).exchange.clone();
+    let traits = worker.traits;
+    let job = Box::new(move || rwsgi::run_request(&spec, traits, request, Box::new(body), sink));
+    if let Err(_job) = worker.pool.submit(job) {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "wsgi: all {} Python threads are busy and {} requests are queued (wsgi_max_queue); answering 503",
+            worker.threads,
+            worker.max_queue
+        );
+        return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    }
+    // While the thread owns the request: `blocked` stops nginx from freeing it (client
+    // abort, timeouts), the guard timer keeps a quitting worker alive, and the read
+    // handler notices a client that disconnects.
+    let main = (*r).main;
+    (*main).set_blocked((*main).blocked() + 1);
+    (*ctx).blocked = true;
+    arm_guard(&mut *ctx);
+    (*r).read_event_handler = Some(on_read);
+    Ok(())
+}
+
+extern "C" fn free_ctx(data: *mut c_void) {
+    // SAFETY: data is the Box<RequestCtx> leaked in start_request, freed exactly once here
+    // when the request pool is destroyed.
+    unsafe { drop(Box::from_raw(data as *mut RequestCtx)) };
+}
+
+fn bytes(s: &ngx_str_t) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// SCRIPT_NAME and PATH_INFO: the mount prefix when the URI sits under it, else all path.
+pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let under = uri.starts_with(mount) && (uri.len() == mount.len() || uri[mount.len()] == b'/');
+    if !mount.is_empty() && under {
+        (mount.to_vec(), uri[mount.len()..].to_vec())
+    } else {
+        (Vec::new(), uri.to_vec())
+    }
+}
+
+/// SAFETY: r is live and on the event loop.
+unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
+    let rr = &*r;
+    let c = rr.connection;
+    let (script_name, path_info) = split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
+    let mut headers = Vec::with_capacity(16);
+    for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
+        headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+    }
+    let has_body = rr.headers_in.content_length_n >= 0 || rr.headers_in.chunked() != 0 || body_len > 0;
+    let mut local_port = 0u16;
+    if ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) == NGX_OK as ngx_int_t {
+        local_port = ngx_inet_get_port((*c).local_sockaddr);
+    }
+    let server_name = NgxHttpCoreModule::server_conf(rr)
+        .map(|cscf| bytes(&cscf.server_name))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| rr.headers_in.server.as_bytes().to_vec());
+    let protocol = if rr.http_protocol.len > 0 {
+        String::from_utf8_lossy(rr.http_protocol.as_bytes()).into_owned()
+    } else {
+        "HTTP/0.9".to_string()
+    };
+    let https = !(*c).ssl.is_null();
+    let mut extra = vec![
+        ("REQUEST_URI".to_string(), ExtraValue::Str(bytes(&rr.unparsed_uri))),
+        ("REQUEST_SCHEME".to_string(), ExtraValue::Str(if https { b"https".to_vec() } else { b"http".to_vec() })),
+        ("GATEWAY_INTERFACE".to_string(), ExtraValue::Str(b"CGI/1.1".to_vec())),
+        ("SERVER_SOFTWARE".to_string(), ExtraValue::Str(SERVER_SOFTWARE.as_bytes().to_vec())),
+    ];
+    for param in lc.params.iter().flatten() {
+        let mut value = ngx_str_t::default();
+        if ngx_http_complex_value(r, param.value, &mut value) == NGX_OK as ngx_int_t {
+            extra.push((param.name.clone(), ExtraValue::Str(bytes(&value))));
+        }
+    }
+    Request {
+        method: String::from_utf8_lossy(rr.method_name.as_bytes()).into_owned(),
+        script_name,
+        path_info,
+        query_string: bytes(&rr.args),
+        protocol,
+        server_name,
+        server_port: local_port.to_string(),
+        remote_addr: String::from_utf8_lossy((*c).addr_text.as_bytes()).into_owned(),
+        remote_port: ngx_inet_get_port((*c).sockaddr).to_string(),
+        https,
+        headers,
+        content_length: has_body.then_some(body_len),
+        input_terminated: true,
+        extra,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_mount;
+
+    #[test]
+    fn mounts() {
+        assert_eq!(split_mount(b"/api/x", b"/api"), (b"/api".to_vec(), b"/x".to_vec()));
+        assert_eq!(split_mount(b"/api", b"/api"), (b"/api".to_vec(), b"".to_vec()));
+        assert_eq!(split_mount(b"/apix", b"/api"), (b"".to_vec(), b"/apix".to_vec()));
+        assert_eq!(split_mount(b"/x", b""), (b"".to_vec(), b"/x".to_vec()));
+    }
+}

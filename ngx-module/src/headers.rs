@@ -1,0 +1,57 @@
+//! Puts the app's validated status and headers into nginx's headers_out. The engine has
+//! already refused anything unsafe (CR/LF, non-latin-1, bad names); here we only copy
+//! into the request pool and point nginx's well-known header slots at them.
+
+use ngx::ffi::*;
+use rwsgi::ResponseHead;
+
+/// Copies `bytes` into the request pool.
+///
+/// SAFETY: r is a live request; the returned string lives as long as its pool.
+unsafe fn pool_str(r: *mut ngx_http_request_t, bytes: &[u8]) -> Result<ngx_str_t, ()> {
+    let data = ngx_pnalloc((*r).pool, bytes.len().max(1)) as *mut u8;
+    if data.is_null() {
+        return Err(());
+    }
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+    Ok(ngx_str_t { len: bytes.len(), data })
+}
+
+/// Header values are latin-1 code points; on the wire each is one byte.
+fn latin1_bytes(s: &str) -> Vec<u8> {
+    s.chars().map(|c| c as u32 as u8).collect()
+}
+
+/// SAFETY: r is a live request whose header has not been sent; runs on the event loop.
+pub unsafe fn set_response_head(r: *mut ngx_http_request_t, head: &ResponseHead) -> Result<(), ()> {
+    let out = &mut (*r).headers_out;
+    out.status = head.status as ngx_uint_t;
+    out.status_line = pool_str(r, head.status_line.as_bytes())?;
+    out.content_length_n = head.content_length.map_or(-1, |n| n as off_t);
+    for (name, value) in &head.headers {
+        let value = pool_str(r, &latin1_bytes(value))?;
+        if name.eq_ignore_ascii_case("content-type") {
+            // nginx matches types (charset, gzip_types) on the part before parameters.
+            let bytes = std::slice::from_raw_parts(value.data, value.len);
+            out.content_type_len = bytes.iter().position(|&b| b == b';' || b == b' ').unwrap_or(value.len);
+            out.content_type = value;
+            out.content_type_lowcase = std::ptr::null_mut();
+            continue;
+        }
+        let h = ngx_list_push(&mut out.headers) as *mut ngx_table_elt_t;
+        if h.is_null() {
+            return Err(());
+        }
+        (*h).hash = 1;
+        (*h).key = pool_str(r, name.as_bytes())?;
+        (*h).value = value;
+        (*h).lowcase_key = std::ptr::null_mut();
+        // The app's Server and Date replace nginx's own instead of doubling them.
+        if name.eq_ignore_ascii_case("server") {
+            out.server = h;
+        } else if name.eq_ignore_ascii_case("date") {
+            out.date = h;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Per-worker-process state, created in init_process (after fork, never in the master):
+//! the interpreter, the imported apps, the Python thread pool and the loop bridge.
+
+use crate::config::{MainConf, DEFAULT_MAX_QUEUE, DEFAULT_THREADS};
+use ngx::ffi::*;
+use ngx::ngx_log_error;
+use pyo3::prelude::*;
+use rwsgi::pool::WorkerPool;
+use rwsgi::ServerTraits;
+use std::sync::OnceLock;
+
+pub struct Worker {
+    pub pool: WorkerPool,
+    pub traits: ServerTraits,
+    pub threads: usize,
+    pub max_queue: usize,
+}
+
+static WORKER: OnceLock<Worker> = OnceLock::new();
+
+pub fn get() -> Option<&'static Worker> {
+    WORKER.get()
+}
+
+/// Starts Python and the pool in this worker. Failures are logged; the worker keeps
+/// serving its other locations and WSGI requests get a 500.
+///
+/// SAFETY: runs once per worker on the event-loop thread, from init_process.
+pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
+    let log = (*cycle).log;
+    let home = mc.python_home.as_deref().map(std::path::Path::new);
+    if let Err(e) = rwsgi::interpreter::initialize(home) {
+        ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
+        return;
+    }
+    if let Err(e) = crate::bridge::start(cycle) {
+        ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
+        return;
+    }
+    // Import every configured app now, once per worker, so errors show at start-up.
+    for spec in &mc.apps {
+        let result = Python::attach(|py| {
+            rwsgi::app::get_app(py, spec)
+                .map(|_| ())
+                .map_err(|e| rwsgi::app::format_error(py, &e))
+        });
+        match result {
+            Ok(()) => {
+                ngx_log_error!(NGX_LOG_INFO, log, "wsgi: loaded {}", spec.describe());
+            }
+            Err(traceback) => {
+                ngx_log_error!(NGX_LOG_ERR, log, "wsgi: cannot load {}; its requests get 500 until it loads:", spec.describe());
+                for line in traceback.lines() {
+                    ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
+                }
+            }
+        }
+    }
+    let threads = mc.threads.unwrap_or(DEFAULT_THREADS);
+    let max_queue = mc.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+    let pool = match WorkerPool::start(threads, max_queue) {
+        Ok(pool) => pool,
+        Err(e) => {
+            ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: cannot start Python threads: {}", e);
+            return;
+        }
+    };
+    let multiprocess = ngx_ccf_worker_processes(cycle) > 1;
+    let _ = WORKER.set(Worker {
+        pool,
+        traits: ServerTraits {
+            multithread: threads > 1,
+            multiprocess,
+        },
+        threads,
+        max_queue,
+    });
+}
+
+/// worker_processes from the core module's conf.
+unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    let ccf = *(*cycle).conf_ctx.add(ngx_core_module.index) as *mut ngx_core_conf_t;
+    if ccf.is_null() {
+        1
+    } else {
+        (*ccf).worker_processes
+    }
+}
