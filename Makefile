@@ -42,7 +42,7 @@ build: deps $(NGINX_SRC)/objs/Makefile
 	@chmod o+rx $(CURDIR) $(CURDIR)/target $(MODULES)
 
 demo: build
-	$(PYTHON_SYS) tests/demo.py --server $(SERVER)
+	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
 
 test-rust: deps $(NGINX_SRC)/objs/Makefile
 	cargo test --release -p rwsgi
