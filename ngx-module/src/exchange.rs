@@ -31,6 +31,8 @@ pub struct State {
     pub scheduled: bool,
     /// The loop has processed the final event; the request may be gone.
     pub finished: bool,
+    /// The thread is waiting for `unsent` to drop (saves a wake-up syscall otherwise).
+    waiting: bool,
 }
 
 impl Exchange {
@@ -51,14 +53,22 @@ impl Exchange {
     pub fn acknowledge(&self, bytes: usize) {
         let mut state = self.lock();
         state.unsent = state.unsent.saturating_sub(bytes);
+        let waiting = state.waiting;
         drop(state);
-        self.drained.notify_all();
+        if waiting {
+            self.drained.notify_all();
+        }
     }
 
     /// Loop side: the client is gone; wake the thread so it stops.
     pub fn mark_gone(&self) {
-        self.lock().gone = true;
-        self.drained.notify_all();
+        let mut state = self.lock();
+        state.gone = true;
+        let waiting = state.waiting;
+        drop(state);
+        if waiting {
+            self.drained.notify_all();
+        }
     }
 
     fn schedule(&self, state: &mut State) {
@@ -93,7 +103,9 @@ impl ResponseSink for Exchange {
         state.events.append(events);
         self.schedule(&mut state);
         while !is_final && !state.gone && state.unsent > HIGH_WATER {
+            state.waiting = true;
             state = self.drained.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting = false;
         }
         if state.gone {
             Err(ClientGone)

@@ -58,7 +58,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     }
     let threads = mc.threads.unwrap_or(DEFAULT_THREADS);
     let max_queue = mc.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
-    let pool = match WorkerPool::start(threads, max_queue) {
+    let pool = match WorkerPool::start(threads, max_queue, hold_gil) {
         Ok(pool) => pool,
         Err(e) => {
             ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: cannot start Python threads: {}", e);
@@ -85,4 +85,9 @@ unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     } else {
         (*ccf).worker_processes
     }
+}
+
+/// A pool thread keeps the GIL while it drains queued requests (see rwsgi::pool).
+fn hold_gil(drain: &mut dyn FnMut()) {
+    Python::attach(|_| drain());
 }
