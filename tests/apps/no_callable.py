@@ -1,0 +1,2 @@
+"""An app file without the expected callable."""
+something_else = 1

@@ -1,0 +1,169 @@
+"""nginx with ngx_http_rwsgi_module.so, run standalone from a temp run dir."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from .common import HOST, MODULES, Mount, Server, ServerError, children_of, wait_port, wait_until
+
+NGINX = "/usr/sbin/nginx"
+
+
+class NginxServer(Server):
+    kind = "nginx"
+    module_path = MODULES / "ngx_http_rwsgi_module.so"
+
+    @property
+    def conf_path(self):
+        return self.run / "nginx.conf"
+
+    @property
+    def pid_path(self):
+        return self.run / "nginx.pid"
+
+    @property
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    # -- config ---------------------------------------------------------------------
+    def render(self, mounts: list[Mount], workers: int = 1, threads: int | None = None,
+               max_queue: int | None = None, python_home: str | None = None,
+               http_extra: list[str] = (), server_extra: list[str] = (),
+               max_body: int = 64 << 20, **unknown) -> str:
+        if unknown:
+            raise TypeError(f"unknown nginx options {sorted(unknown)}")
+        r = self.run
+        http = [
+            f"access_log {r}/access.log;",
+            f"client_body_temp_path {r}/body;",
+            f"proxy_temp_path {r}/proxy;",
+            f"fastcgi_temp_path {r}/fastcgi;",
+            f"uwsgi_temp_path {r}/uwsgi;",
+            f"scgi_temp_path {r}/scgi;",
+            f"client_max_body_size {max_body};",
+            "keepalive_requests 1000;",
+        ]
+        if threads is not None:
+            http.append(f"wsgi_threads {threads};")
+        if max_queue is not None:
+            http.append(f"wsgi_max_queue {max_queue};")
+        if python_home is not None:
+            http.append(f"wsgi_python_home {python_home};")
+        http.extend(self.expand(x) for x in http_extra)
+        locations = [f"location = /static.txt {{ root {r}/htdocs; }}"]
+        for m in mounts:
+            body = []
+            if m.module:
+                body.append(f"wsgi_app {m.module};")
+            else:
+                body.append(f"wsgi_app {self.script_path(m)};")
+            if m.callable:
+                body.append(f"wsgi_callable {m.callable};")
+            if m.python_path:
+                body.append("wsgi_python_path " + " ".join(self.expand(p) for p in m.python_path) + ";")
+            for k, v in m.params.items():
+                body.append(f'wsgi_param {k} "{v}";')
+            if m.script_name is not None:
+                body.append(f'wsgi_script_name "{m.script_name}";')
+            if m.max_body is not None:
+                body.append(f"client_max_body_size {m.max_body};")
+            body.extend(self.expand(x) for x in m.extra)
+            locations.append(f"location {m.prefix} {{\n            " + "\n            ".join(body) + "\n        }")
+        server = [f"listen {HOST}:{self.port};", "server_name localhost;"]
+        server.extend(self.expand(x) for x in server_extra)
+        return (
+            f"load_module {self.module_path};\n"
+            f"worker_processes {workers};\n"
+            f"error_log {r}/error.log info;\n"
+            f"pid {r}/nginx.pid;\n"
+            "user nobody nogroup;\n"
+            "events { worker_connections 2048; }\n"
+            "http {\n    " + "\n    ".join(http) + "\n"
+            "    server {\n        " + "\n        ".join(server + locations) + "\n    }\n}\n"
+        )
+
+    def write_conf(self, mounts, **opts):
+        self.conf_path.write_text(self.render(mounts, **opts))
+        self.conf_path.chmod(0o644)
+
+    def check_config(self, mounts, **opts):
+        self.check_module()
+        self.write_conf(mounts, **opts)
+        p = subprocess.run([NGINX, "-t", "-p", str(self.run), "-c", str(self.conf_path)],
+                           capture_output=True, text=True, timeout=60)
+        return p.returncode == 0, p.stdout + p.stderr
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self, mounts: list[Mount], **opts):
+        self.check_module()
+        self.mounts, self.opts = list(mounts), dict(opts)
+        self.write_conf(mounts, **opts)
+        p = subprocess.run([NGINX, "-p", str(self.run), "-c", str(self.conf_path)],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise ServerError(f"nginx failed to start (rc {p.returncode}):\n{p.stdout}{p.stderr}\n"
+                              f"error.log:\n{self.log_tail()}\nconfig:\n{self.conf_path.read_text()}")
+        self.started = True
+        if not wait_until(lambda: self.master_pid, 10) or not wait_port(self.port):
+            raise ServerError(f"nginx did not come up on port {self.port}:\n{self.log_tail()}")
+        workers = opts.get("workers", 1)
+        wait_until(lambda: len(self.worker_pids()) >= workers, 10)
+        return self
+
+    def signal(self, sig):
+        pid = self.master_pid
+        if pid is None:
+            raise ServerError("nginx is not running (no pid file)")
+        os.kill(pid, sig)
+
+    def reload(self, mounts: list[Mount] | None = None, wait: bool = True, **opts):
+        """`nginx -s reload` (optionally with a new config); waits for new workers."""
+        if mounts is not None or opts:
+            self.write_conf(mounts if mounts is not None else self.mounts, **(opts or self.opts))
+        old = set(self.worker_pids())
+        p = subprocess.run([NGINX, "-s", "reload", "-p", str(self.run), "-c", str(self.conf_path)],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise ServerError(f"nginx -s reload failed: {p.stdout}{p.stderr}")
+        if wait:
+            n = self.opts.get("workers", 1)
+            ok = wait_until(lambda: len(set(self.worker_pids()) - old) >= n, 10)
+            if not ok:
+                raise ServerError(f"no new nginx workers after reload:\n{self.log_tail()}")
+        return old
+
+    graceful = reload
+
+    def quit(self, wait: float = 0):
+        """Graceful shutdown (SIGQUIT): workers finish their requests, then exit."""
+        pid = self.master_pid
+        self.signal(signal.SIGQUIT)
+        if wait:
+            if not self._wait_dead(pid, wait):
+                raise ServerError(f"nginx master {pid} still alive {wait}s after SIGQUIT")
+            self.started = False
+
+    def stop(self):
+        pid = self.master_pid
+        if pid is None or not self.started:
+            self.started = False
+            return
+        workers = children_of(pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not self._wait_dead(pid, 10):
+            self._kill_hard(pid)
+        for w in workers:
+            if not self._wait_dead(w, 5):
+                try:
+                    os.kill(w, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.started = False

@@ -1,0 +1,77 @@
+"""Bad input from clients: oversized headers, URIs and bodies get a 4xx from the server,
+and many slow clients do not starve the others."""
+import resource
+import socket
+import time
+
+from harness.common import HOST
+from harness.http import Conn, get, request
+
+
+def test_oversized_header_is_4xx(server):
+    r = request(server.port, "GET", "/env", headers={"X-Huge": "h" * 200_000})
+    assert 400 <= r.status < 500, r
+    assert get(server.port, "/hello").status == 200
+
+
+def test_many_headers_is_4xx_or_served(server):
+    hs = [(f"X-H{i}", "v" * 50) for i in range(300)]
+    r = request(server.port, "GET", "/env", headers=hs)
+    assert r.status == 200 or 400 <= r.status < 500, r
+    assert get(server.port, "/hello").status == 200
+
+
+def test_oversized_uri_is_4xx(server):
+    r = get(server.port, "/env/" + "u" * 100_000)
+    assert 400 <= r.status < 500, r
+    assert get(server.port, "/hello").status == 200
+
+
+def test_garbage_request_line(server):
+    with Conn(server.port, timeout=10) as c:
+        c.send(b"\x00\x01\x02 not http at all\r\n\r\n")
+        data = c.read_to_eof()
+    assert data == b"" or data.startswith(b"HTTP/1.1 400") or data.startswith(b"HTTP/1.0 400"), data[:100]
+    assert get(server.port, "/hello").status == 200
+
+
+def test_body_shorter_than_content_length_then_close(server):
+    # the client promises 1000 bytes, sends 10 and leaves: no crash, server serves on
+    with Conn(server.port, timeout=10) as c:
+        c.send(b"POST /body/read HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        time.sleep(0.2)
+    time.sleep(0.2)
+    assert get(server.port, "/hello").status == 200
+
+
+def test_slow_clients_do_not_starve_others(server):
+    """1,000 slowloris-style connections (partial request headers, loopback only) while
+    normal requests keep being answered promptly."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    socks = []
+    try:
+        for i in range(1000):
+            s = socket.socket()
+            s.settimeout(5)
+            s.connect((HOST, server.port))
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow-%d: " % i)
+            socks.append(s)
+        time.sleep(0.5)
+        for _ in range(5):
+            t = time.monotonic()
+            r = get(server.port, "/hello", timeout=10)
+            dt = time.monotonic() - t
+            assert r.status == 200, r
+            assert dt < 2.0, f"a normal request took {dt:.2f}s among 1000 slow clients"
+        # the slow clients trickle one more byte; still fine
+        for s in socks[:200]:
+            try:
+                s.sendall(b"a")
+            except OSError:
+                pass
+        assert get(server.port, "/env/x", timeout=10).status == 200
+    finally:
+        for s in socks:
+            s.close()

@@ -1,0 +1,153 @@
+"""Reload, graceful quit and worker death while Python requests are in flight; the
+thread-pool queue limit. Each test has its own server."""
+import threading
+import time
+import uuid
+
+import pytest
+
+from harness.common import Mount, pid_alive, wait_until
+from harness.http import Conn, build_request, get, timed_stream
+
+MOUNTS = [
+    Mount("/hello", "hello.py"),
+    Mount("/sleep", "sleep_app.py"),
+    Mount("/stream", "stream_app.py"),
+    Mount("/close", "close_app.py"),
+    Mount("/crash", "crash_app.py"),
+]
+
+
+def in_flight(port, paths):
+    """Starts one request per path in threads; returns (threads, results dict)."""
+    results = {}
+
+    def run(i, path):
+        try:
+            results[i] = get(port, path, timeout=30)
+        except Exception as e:  # recorded, asserted by the test
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def join(threads):
+    for t in threads:
+        t.join(40)
+
+
+def test_reload_during_inflight_requests(make_server):
+    s = make_server(MOUNTS, workers=1, threads=8)
+    threads, results = in_flight(s.port, ["/sleep?t=1.5"] * 3 + ["/stream/chunks?n=6&delay=0.25"])
+    time.sleep(0.4)
+    old = s.reload()
+    join(threads)
+    for i in range(3):
+        r = results[i]
+        assert not isinstance(r, Exception), f"request {i} failed across reload: {r!r}"
+        assert r.status == 200 and r.body.startswith(b"slept 1.5"), r
+    r = results[3]
+    assert not isinstance(r, Exception) and r.complete, r
+    assert r.body == b"".join(b"chunk %d\n" % i for i in range(6))
+    # the new generation serves, the old workers exit once done
+    assert get(s.port, "/hello").body == b"Hello, world!\n"
+    assert wait_until(lambda: not any(pid_alive(p) for p in old), 10), "old workers linger"
+
+
+def test_repeated_reloads_keep_serving(make_server):
+    s = make_server(MOUNTS, workers=2, threads=4)
+    for _ in range(4):
+        s.reload()
+        for _ in range(5):
+            assert get(s.port, "/hello").status == 200
+    assert "exited on signal" not in s.error_log() and "exit signal" not in s.error_log()
+
+
+def test_reload_under_load_loses_nothing(make_server):
+    s = make_server(MOUNTS, workers=2, threads=4)
+    stop = threading.Event()
+    failures, count = [], [0]
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                r = get(s.port, "/hello", timeout=10)
+                if r.status != 200 or r.body != b"Hello, world!\n":
+                    failures.append(r)
+                count[0] += 1
+            except Exception as e:
+                failures.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.4)
+            s.reload()
+        time.sleep(0.4)
+    finally:
+        stop.set()
+        join(threads)
+    assert count[0] > 20
+    assert not failures, f"{len(failures)} of {count[0]} requests failed: {failures[:3]}"
+
+
+def test_quit_during_inflight_requests(make_server):
+    s = make_server(MOUNTS, workers=1, threads=8)
+    master = s.master_pid
+    threads, results = in_flight(s.port, ["/sleep?t=1.5"] * 3 + ["/stream/chunks?n=6&delay=0.25"])
+    time.sleep(0.4)
+    s.quit()
+    join(threads)
+    for i in range(3):
+        r = results[i]
+        assert not isinstance(r, Exception), f"request {i} lost by graceful quit: {r!r}"
+        assert r.status == 200 and r.body.startswith(b"slept 1.5"), r
+    r = results[3]
+    assert not isinstance(r, Exception) and r.complete, r
+    assert wait_until(lambda: not pid_alive(master), 10), "server did not exit after quit"
+    s.started = False
+
+
+def _crash_request(port, path):
+    try:
+        return get(port, path, timeout=10)
+    except Exception as e:
+        return e
+
+
+@pytest.mark.parametrize("how", ["exit", "segv"])
+def test_worker_death_spares_other_requests(make_server, how):
+    s = make_server(MOUNTS, workers=2, threads=4)
+    before = set(s.worker_pids())
+    r = _crash_request(s.port, f"/crash/{how}")
+    assert isinstance(r, Exception) or r.status >= 500 or not r.complete, \
+        f"a request whose worker died looked successful: {r}"
+    assert wait_until(lambda: len(set(s.worker_pids()) - before) >= 1
+                      and len(s.worker_pids()) >= 2, 10), "the dead worker was not replaced"
+    ok = [get(s.port, "/hello").status for _ in range(20)]
+    assert ok == [200] * 20
+    assert pid_alive(s.master_pid)
+
+
+@pytest.mark.only("nginx")  # wsgi_max_queue; Apache queues connections in its listener
+def test_queue_full_gives_503(make_server):
+    s = make_server(MOUNTS, workers=1, threads=1, max_queue=1)
+    mark, _ = s.log_mark()
+    threads, results = in_flight(s.port, ["/sleep?t=1.5"])
+    time.sleep(0.3)  # first request running on the only thread
+    threads2, results2 = in_flight(s.port, ["/sleep?t=0.1"])
+    time.sleep(0.3)  # second one waits in the queue (size 1)
+    t = time.monotonic()
+    r = get(s.port, "/sleep?t=0.1", timeout=10)
+    dt = time.monotonic() - t
+    assert r.status == 503, f"expected 503 with a full queue, got {r}"
+    assert dt < 1.0, f"the 503 took {dt:.2f}s: it must not wait for a thread"
+    assert s.wait_error_log(r"(?i)queue", mark), s.error_log(mark)
+    join(threads + threads2)
+    assert results[0].status == 200 and results2[0].status == 200
+    assert get(s.port, "/hello").status == 200

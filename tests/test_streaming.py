@@ -1,0 +1,148 @@
+"""Streaming responses, backpressure, and concurrency on one worker process."""
+import threading
+import time
+import uuid
+
+from harness.common import wait_until
+from harness.http import Conn, build_request, get, timed_stream
+
+
+def test_first_chunk_arrives_before_app_finishes(server):
+    # 4 chunks, 0.5 s apart: the whole response takes >= 1.5 s
+    t0, arrivals = timed_stream(server.port, "/stream/chunks?n=4&delay=0.5")
+    data = b"".join(d for _, d in arrivals)
+    assert b"chunk 0\n" in data and b"chunk 3\n" in data
+    first_chunk_at = next(t for t, d in _cumulative(arrivals) if b"chunk 0" in d) - t0
+    last_at = arrivals[-1][0] - t0
+    assert last_at >= 1.4, f"response finished after {last_at:.2f}s; the app sleeps 1.5s"
+    assert first_chunk_at < 0.45, \
+        f"first chunk arrived after {first_chunk_at:.2f}s: the response was buffered"
+    # and the chunks came one by one, not in one burst at the end
+    second_at = next(t for t, d in _cumulative(arrivals) if b"chunk 1" in d) - t0
+    assert 0.35 < second_at < 1.0, f"second chunk at {second_at:.2f}s"
+
+
+def _cumulative(arrivals):
+    acc = b""
+    for t, d in arrivals:
+        acc += d
+        yield t, acc
+
+
+def test_write_callable_streams(server):
+    t0, arrivals = timed_stream(server.port, "/write/slow")
+    first = next(t for t, d in _cumulative(arrivals) if b"written 1" in d) - t0
+    total = arrivals[-1][0] - t0
+    assert total >= 0.55
+    assert first < 0.4, f"write() output was held back for {first:.2f}s"
+    assert b"returned 3" in b"".join(d for _, d in arrivals)
+
+
+def test_slow_request_does_not_block_fast_one(server):
+    # The shared server runs ONE worker process (nginx worker_processes 1 /
+    # apache one child): Python runs on threads, never on the event loop.
+    results = {}
+
+    def slow():
+        t = time.monotonic()
+        r = get(server.port, "/sleep?t=2.5")
+        results["slow"] = (r.status, time.monotonic() - t)
+
+    th = threading.Thread(target=slow)
+    th.start()
+    time.sleep(0.3)
+    times = []
+    for path in ("/hello", "/env/fast", "/static.txt", "/stream/chunks?n=2"):
+        t = time.monotonic()
+        r = get(server.port, path)
+        times.append((path, r.status, time.monotonic() - t))
+    th.join(10)
+    assert results["slow"][0] == 200 and results["slow"][1] >= 2.4
+    for path, status, dt in times:
+        assert status == 200
+        assert dt < 0.5, f"{path} took {dt:.2f}s while a slow request was running"
+
+
+def test_concurrent_sleeps_overlap(server):
+    # 4 requests sleeping 1 s each on a pool of 8 threads: ~1 s in all, not 4 s.
+    out = []
+
+    def one():
+        out.append(get(server.port, "/sleep?t=1").status)
+
+    t = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(15)
+    total = time.monotonic() - t
+    assert out == [200] * 4
+    assert total < 2.0, f"4 concurrent 1 s sleeps took {total:.2f}s"
+
+
+def test_concurrent_streams_interleave(server):
+    out = {}
+
+    def one(i):
+        t0, arrivals = timed_stream(server.port, "/stream/chunks?n=3&delay=0.4")
+        out[i] = (arrivals[-1][0] - t0, b"".join(d for _, d in arrivals))
+
+    t = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(15)
+    assert time.monotonic() - t < 2.0
+    for i in range(4):
+        assert b"chunk 2\n" in out[i][1]
+
+
+def test_backpressure_slow_client(server):
+    """A client that does not read must stall the generator: the app may run ahead by
+    socket and server buffers, not by the whole response."""
+    token = uuid.uuid4().hex
+    total = 96 << 20
+    c = Conn(server.port, rcvbuf=65536)
+    try:
+        c.send(build_request("GET", f"/stream/big?total={total}&chunk=65536&token={token}",
+                             headers=[("Connection", "close")], host="x"))
+        progress = server.marker(token + ".progress")
+        assert wait_until(progress.exists, 5), "the stream did not start"
+        time.sleep(1.5)  # not reading
+        ahead = int(progress.read_text())
+        assert ahead < 32 << 20, \
+            f"app produced {ahead >> 20} MiB while the client read nothing (no backpressure)"
+        # now read everything: the stream completes with the right size
+        got = 0
+        c.sock.settimeout(30)
+        data = c.recv_some()
+        head_end = None
+        buf = b""
+        while data:
+            if head_end is None:
+                buf += data
+                if b"\r\n\r\n" in buf:
+                    head_end = buf.index(b"\r\n\r\n") + 4
+                    assert buf.startswith(b"HTTP/1.1 200")
+                    got += len(buf) - head_end
+            else:
+                got += len(data)
+            data = c.recv_some()
+        assert got == total
+    finally:
+        c.close()
+    assert server.wait_marker(token + ".done", 5) == str(total)
+
+
+def test_large_streamed_response_integrity(server):
+    token = uuid.uuid4().hex
+    total = (8 << 20) + 12345
+    with Conn(server.port) as c:
+        r = c.request("GET", f"/stream/big?total={total}&chunk=65536&token={token}")
+        assert r.status == 200 and r.complete and len(r.body) == total
+        piece = bytes(range(256)) * 256
+        assert r.body[:65536] == piece and r.body[65536:131072] == piece
+        r2 = c.request("GET", "/hello")
+        assert r2.body == b"Hello, world!\n"
