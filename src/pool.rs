@@ -4,8 +4,9 @@
 //! Handing the GIL from thread to thread costs more than a small request, so the pool
 //! runs as few threads as keep the queue moving: a submit wakes a thread only when none
 //! is draining the queue, and a drainer keeps taking jobs without letting go of the GIL
-//! (the `session` wrapper). When jobs wait longer than `WAIT_THRESHOLD` — the drainers
-//! are blocked in sleep or I/O — a monitor wakes more threads. A full queue is reported
+//! (the `session` wrapper). When jobs are waiting and no drainer has taken one for
+//! `STALL_THRESHOLD` — the drainers are blocked in sleep or I/O, or stuck in a long
+//! request — a monitor wakes more threads. A full queue is reported
 //! to the caller so the server can answer 503 instead of piling up work.
 
 use std::collections::VecDeque;
@@ -18,8 +19,8 @@ pub type Job = Box<dyn FnOnce() + Send>;
 /// Wraps a drain session, e.g. to hold the GIL across the jobs it runs.
 pub type Session = fn(&mut dyn FnMut());
 
-/// How long a queued job may wait before another thread is woken for it.
-const WAIT_THRESHOLD: Duration = Duration::from_millis(1);
+/// How long the queue may make no progress before another thread is woken.
+const STALL_THRESHOLD: Duration = Duration::from_millis(1);
 /// Monitor tick while there is work; it parks after `MONITOR_IDLE` without any.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 const MONITOR_IDLE: Duration = Duration::from_millis(200);
@@ -41,7 +42,9 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<(Instant, Job)>,
+    queue: VecDeque<Job>,
+    /// When a thread last took a job from the queue.
+    last_take: Option<Instant>,
     /// Threads waiting for work.
     idle: usize,
     /// Threads woken but not yet draining.
@@ -73,26 +76,41 @@ impl WorkerPool {
         Ok(WorkerPool { shared })
     }
 
-    /// Queues a job; gives it back when `max_queue` jobs already wait.
+    /// Queues a job and wakes a thread if none is draining the queue. Gives the job back
+    /// when `max_queue` jobs already wait.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.enqueue(job)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues a job without waking anyone: an event loop that queues several jobs per
+    /// iteration calls [`WorkerPool::wake`] once at the end, so one thread drains them all.
+    pub fn enqueue(&self, job: Job) -> Result<(), Job> {
         let mut state = self.shared.lock();
         if state.queue.len() >= self.shared.max_queue {
             return Err(job);
         }
-        state.queue.push_back((Instant::now(), job));
-        let wake = state.running + state.starting == 0 && state.idle > 0;
-        if wake {
-            state.starting += 1;
-        }
+        state.queue.push_back(job);
         let wake_monitor = std::mem::take(&mut state.monitor_parked);
         drop(state);
-        if wake {
-            self.shared.work.notify_one();
-        }
         if wake_monitor {
             self.shared.monitor.notify_one();
         }
         Ok(())
+    }
+
+    /// Wakes a thread when jobs wait and no thread is draining or about to.
+    pub fn wake(&self) {
+        let mut state = self.shared.lock();
+        let wake = !state.queue.is_empty() && state.running + state.starting == 0 && state.idle > 0;
+        if wake {
+            state.starting += 1;
+        }
+        drop(state);
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 }
 
@@ -112,7 +130,16 @@ impl Shared {
             }
             state.running += 1;
             drop(state);
-            session(&mut || self.drain());
+            // Stay "running" until the session has let go of the GIL and the queue is
+            // still empty: a thread woken earlier would only wait for our GIL.
+            loop {
+                session(&mut || self.drain());
+                let mut state = self.lock();
+                if state.queue.is_empty() {
+                    state.running -= 1;
+                    break;
+                }
+            }
         }
     }
 
@@ -122,11 +149,11 @@ impl Shared {
             let job = {
                 let mut state = self.lock();
                 match state.queue.pop_front() {
-                    Some((_, job)) => job,
-                    None => {
-                        state.running -= 1;
-                        return;
+                    Some(job) => {
+                        state.last_take = Some(Instant::now());
+                        job
                     }
+                    None => return,
                 }
             };
             // A panicking job must not take the thread with it.
@@ -143,9 +170,12 @@ impl Shared {
             if !state.queue.is_empty() || state.running > 0 {
                 last_work = now;
             }
-            if let Some((queued_at, _)) = state.queue.front() {
-                if now.duration_since(*queued_at) >= WAIT_THRESHOLD {
-                    let wake = state.idle.saturating_sub(state.starting).min(state.queue.len());
+            if !state.queue.is_empty() {
+                let stalled = state.last_take.is_none_or(|t| now.duration_since(t) >= STALL_THRESHOLD);
+                if stalled {
+                    // Threads already woken will take a job each.
+                    let uncovered = state.queue.len().saturating_sub(state.starting);
+                    let wake = state.idle.saturating_sub(state.starting).min(uncovered);
                     state.starting += wake;
                     for _ in 0..wake {
                         self.work.notify_one();

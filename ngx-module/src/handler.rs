@@ -75,7 +75,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     let sink: Arc<dyn ResponseSink> = (*ctx).exchange.clone();
     let traits = worker.traits;
     let job = Box::new(move || rwsgi::run_request(&spec, traits, request, Box::new(body), sink));
-    if let Err(_job) = worker.pool.submit(job) {
+    if let Err(_job) = worker.pool.enqueue(job) {
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
@@ -93,6 +93,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     (*ctx).blocked = true;
     arm_guard(&mut *ctx);
     (*r).read_event_handler = Some(on_read);
+    worker::wake_pool_soon();
     Ok(())
 }
 

@@ -91,3 +91,26 @@ unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 fn hold_gil(drain: &mut dyn FnMut()) {
     Python::attach(|_| drain());
 }
+
+/// Posted once per event-loop iteration that queued requests, so one pool thread is woken
+/// for all of them instead of one wake-up per request.
+static mut WAKE_EVENT: std::mem::MaybeUninit<ngx_event_t> = std::mem::MaybeUninit::zeroed();
+
+/// Asks for the pool to be woken after the current batch of events.
+///
+/// SAFETY: event-loop thread only (WAKE_EVENT is only touched there).
+pub unsafe fn wake_pool_soon() {
+    let ev = (*std::ptr::addr_of_mut!(WAKE_EVENT)).as_mut_ptr();
+    if (*ev).posted() != 0 {
+        return;
+    }
+    (*ev).handler = Some(wake_pool);
+    (*ev).log = (*ngx_cycle).log;
+    ngx_post_event(ev, std::ptr::addr_of_mut!(ngx_posted_events));
+}
+
+extern "C" fn wake_pool(_ev: *mut ngx_event_t) {
+    if let Some(worker) = get() {
+        worker.pool.wake();
+    }
+}
