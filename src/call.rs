@@ -39,7 +39,10 @@ pub fn run_request(
         Python::attach(|py| run_in_python(py, spec, traits, &req, body, &sink, head_request))
     }));
     if outcome.is_err() {
-        sink.log(LogLevel::Error, "rwsgi: internal error while running the application");
+        sink.log(
+            LogLevel::Error,
+            "rwsgi: internal error while running the application",
+        );
         let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
     }
 }
@@ -53,7 +56,10 @@ fn run_in_python(
     sink: &Arc<dyn ResponseSink>,
     head_request: bool,
 ) {
-    let start_response = match Bound::new(py, StartResponse::new(Response::new(sink.clone(), head_request))) {
+    let start_response = match Bound::new(
+        py,
+        StartResponse::new(Response::new(sink.clone(), head_request)),
+    ) {
         Ok(sr) => sr,
         Err(e) => {
             log_exception(py, sink, "creating start_response", &e);
@@ -72,7 +78,10 @@ fn run_in_python(
     match locked {
         Ok(mut response) => response.finish(py, failed),
         Err(_) => {
-            sink.log(LogLevel::Error, "rwsgi: response still in use by another thread; aborting");
+            sink.log(
+                LogLevel::Error,
+                "rwsgi: response still in use by another thread; aborting",
+            );
             let _ = py.detach(|| sink.send(&mut vec![OutputEvent::Abort]));
         }
     };
@@ -97,8 +106,14 @@ fn call_app(
     })?;
     let environ = PyDict::new(py);
     fill_environ(py, &environ, req, constants)?;
-    environ.set_item(pyo3::intern!(py, "wsgi.input"), Bound::new(py, Input::new(body))?)?;
-    environ.set_item(pyo3::intern!(py, "wsgi.errors"), Bound::new(py, ErrorStream::new(sink.clone()))?)?;
+    environ.set_item(
+        pyo3::intern!(py, "wsgi.input"),
+        Bound::new(py, Input::new(body))?,
+    )?;
+    environ.set_item(
+        pyo3::intern!(py, "wsgi.errors"),
+        Bound::new(py, ErrorStream::new(sink.clone()))?,
+    )?;
 
     let iterable = app.call1((environ, start_response))?;
     let sent = send_body(py, start_response, &iterable);
@@ -108,6 +123,10 @@ fn call_app(
 
 /// Calls the iterable's close(), as PEP 3333 requires on every path.
 fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    // Lists and tuples have no close(); asking would raise and discard an AttributeError.
+    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+        return Ok(());
+    }
     let close = pyo3::intern!(py, "close");
     if iterable.hasattr(close)? {
         iterable.call_method0(close)?;
@@ -116,7 +135,11 @@ fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// Walks the body into the response. A client that left ends the walk without error.
-fn send_body(py: Python<'_>, start_response: &Bound<'_, StartResponse>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+fn send_body(
+    py: Python<'_>,
+    start_response: &Bound<'_, StartResponse>,
+    iterable: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     let outcome = walk_body(py, start_response, iterable);
     match outcome {
         Ok(()) | Err(BodyError::Stop(Stop::ClientGone | Stop::Overrun)) => Ok(()),
@@ -157,9 +180,16 @@ fn walk_body(
     }
     // A list or tuple is the whole body already: one batch, and Content-Length when the
     // app gave none and there is a single item.
-    let items = iterable.cast::<PyList>().map(|l| l.as_sequence().clone()).ok().or_else(|| {
-        iterable.cast::<PyTuple>().map(|t| t.as_sequence().clone()).ok()
-    });
+    let items = iterable
+        .cast::<PyList>()
+        .map(|l| l.as_sequence().clone())
+        .ok()
+        .or_else(|| {
+            iterable
+                .cast::<PyTuple>()
+                .map(|t| t.as_sequence().clone())
+                .ok()
+        });
     if let Some(items) = items {
         let len = items.len()?;
         let mut response = sr.lock()?;
@@ -189,7 +219,10 @@ fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, P
     item.cast::<PyBytes>().map_err(|_| {
         PyTypeError::new_err(format!(
             "response body items must be bytes, not {}",
-            item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })
 }
@@ -197,7 +230,10 @@ fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, P
 /// Logs an exception with its traceback, one log entry per line.
 pub fn log_exception(py: Python<'_>, sink: &Arc<dyn ResponseSink>, context: &str, err: &PyErr) {
     let text = format_error(py, err);
-    sink.log(LogLevel::Error, &format!("exception in WSGI application {context}:"));
+    sink.log(
+        LogLevel::Error,
+        &format!("exception in WSGI application {context}:"),
+    );
     for line in text.lines() {
         sink.log(LogLevel::Error, line);
     }

@@ -109,7 +109,10 @@ pub fn fill_environ(
     env.set_item(intern!(py, "wsgi.multiprocess"), consts.multiprocess)?;
     env.set_item(intern!(py, "wsgi.run_once"), false)?;
     env.set_item(intern!(py, "wsgi.input_terminated"), req.input_terminated)?;
-    env.set_item(intern!(py, "wsgi.file_wrapper"), consts.file_wrapper.bind(py))?;
+    env.set_item(
+        intern!(py, "wsgi.file_wrapper"),
+        consts.file_wrapper.bind(py),
+    )?;
     Ok(())
 }
 

@@ -21,7 +21,9 @@ pub fn initialize(home: Option<&Path>) -> Result<(), String> {
 unsafe fn start(home: Option<&Path>) -> Result<(), String> {
     if ffi::Py_IsInitialized() != 0 {
         // Someone else (another module) already owns the interpreter.
-        return Err("Python is already initialized in this process (is mod_wsgi loaded too?)".into());
+        return Err(
+            "Python is already initialized in this process (is mod_wsgi loaded too?)".into(),
+        );
     }
     let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
     ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
@@ -42,7 +44,9 @@ unsafe fn start(home: Option<&Path>) -> Result<(), String> {
         let msg = if status.err_msg.is_null() {
             "unknown error".to_string()
         } else {
-            std::ffi::CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+            std::ffi::CStr::from_ptr(status.err_msg)
+                .to_string_lossy()
+                .into_owned()
         };
         return Err(format!("Python failed to start: {msg}"));
     }

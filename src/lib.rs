@@ -17,4 +17,6 @@ pub mod status;
 
 pub use app::{AppSpec, AppTarget};
 pub use call::{run_request, ServerTraits};
-pub use server::{BodyReader, ClientGone, ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, ResponseSink};
+pub use server::{
+    BodyReader, ClientGone, ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, ResponseSink,
+};

@@ -55,7 +55,11 @@ struct State {
 }
 
 impl WorkerPool {
-    pub fn start(threads: usize, max_queue: usize, session: Session) -> std::io::Result<WorkerPool> {
+    pub fn start(
+        threads: usize,
+        max_queue: usize,
+        session: Session,
+    ) -> std::io::Result<WorkerPool> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -171,7 +175,9 @@ impl Shared {
                 last_work = now;
             }
             if !state.queue.is_empty() {
-                let stalled = state.last_take.is_none_or(|t| now.duration_since(t) >= STALL_THRESHOLD);
+                let stalled = state
+                    .last_take
+                    .is_none_or(|t| now.duration_since(t) >= STALL_THRESHOLD);
                 if stalled {
                     // Threads already woken will take a job each.
                     let uncovered = state.queue.len().saturating_sub(state.starting);
@@ -246,7 +252,11 @@ mod tests {
         for _ in 0..4 {
             rx.recv_timeout(Duration::from_secs(5)).unwrap();
         }
-        assert!(start.elapsed() < Duration::from_millis(600), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

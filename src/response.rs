@@ -61,7 +61,8 @@ impl Response {
         let allowed = self.room(data.len() as u64) as usize;
         self.send_head_once();
         if allowed > 0 {
-            self.pending.push(OutputEvent::Data(data[..allowed].to_vec()));
+            self.pending
+                .push(OutputEvent::Data(data[..allowed].to_vec()));
             self.sent += allowed as u64;
         }
         if allowed < data.len() {
@@ -101,7 +102,11 @@ impl Response {
     /// Hands queued events to the server, without the GIL.
     pub fn flush(&mut self, py: Python<'_>) -> Result<(), Stop> {
         if self.pending.is_empty() {
-            return if self.gone { Err(Stop::ClientGone) } else { Ok(()) };
+            return if self.gone {
+                Err(Stop::ClientGone)
+            } else {
+                Ok(())
+            };
         }
         if self.gone {
             self.pending.clear();
@@ -217,7 +222,14 @@ impl Response {
 
     fn send_head_once(&mut self) {
         if !self.head_sent {
-            let head = self.head.clone().expect("start_response was called");
+            // Move the header list out (nothing reads it once sent); keep status and length.
+            let kept = self.head.as_mut().expect("start_response was called");
+            let head = ResponseHead {
+                status: kept.status,
+                status_line: std::mem::take(&mut kept.status_line),
+                headers: std::mem::take(&mut kept.headers),
+                content_length: kept.content_length,
+            };
             self.pending.push(OutputEvent::Head(head));
             self.head_sent = true;
         }

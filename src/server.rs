@@ -72,7 +72,11 @@ pub enum OutputEvent {
     Head(ResponseHead),
     Data(Vec<u8>),
     /// Send `len` bytes of `file` starting at `offset` (sendfile where the server can).
-    File { file: File, offset: u64, len: u64 },
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+    },
     /// The body is complete.
     End,
     /// The body is broken after bytes went out: close the connection without the
@@ -85,7 +89,10 @@ pub enum OutputEvent {
 impl OutputEvent {
     /// True for the event that finishes a response.
     pub fn is_final(&self) -> bool {
-        matches!(self, OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_))
+        matches!(
+            self,
+            OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)
+        )
     }
 }
 

@@ -32,7 +32,11 @@ impl StartResponse {
 }
 
 /// Checks the app's header list and returns the head to send.
-fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>, response: &Response) -> PyResult<ResponseHead> {
+fn parse_head(
+    status: &Bound<'_, PyAny>,
+    headers: &Bound<'_, PyAny>,
+    response: &Response,
+) -> PyResult<ResponseHead> {
     let status = status
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err("status must be a str"))?;
@@ -47,12 +51,16 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>, response: &
             .cast::<PyTuple>()
             .map_err(|_| PyTypeError::new_err(format!("header {item} is not a tuple")))?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err(format!("header {pair} is not a (name, value) pair")));
+            return Err(PyTypeError::new_err(format!(
+                "header {pair} is not a (name, value) pair"
+            )));
         }
         let name = pair.get_item(0)?;
         let value = pair.get_item(1)?;
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
-            return Err(PyTypeError::new_err(format!("header {pair}: name and value must be str")));
+            return Err(PyTypeError::new_err(format!(
+                "header {pair}: name and value must be str"
+            )));
         };
         let (name, value) = (name.to_str()?, value.to_str()?);
         check_header_name(name).map_err(|e| PyValueError::new_err(e.0))?;
@@ -85,7 +93,9 @@ pub fn stop_error(stop: Stop) -> PyErr {
     match stop {
         Stop::ClientGone => PyOSError::new_err("client connection closed"),
         Stop::Overrun => PyOSError::new_err("response exceeds its Content-Length"),
-        Stop::NotStarted => PyAssertionError::new_err("body data before start_response() was called"),
+        Stop::NotStarted => {
+            PyAssertionError::new_err("body data before start_response() was called")
+        }
     }
 }
 
@@ -121,9 +131,9 @@ impl StartResponse {
 
     /// PEP 3333's write(): unbuffered, sent before returning.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = data
-            .cast::<PyBytes>()
-            .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", data.get_type())))?;
+        let data = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() takes bytes, not {}", data.get_type()))
+        })?;
         let mut response = self.lock()?;
         response.push_data(data.as_bytes()).map_err(stop_error)?;
         response.flush(py).map_err(stop_error)

@@ -101,7 +101,16 @@ mod tests {
 
     #[test]
     fn refuses_broken_statuses() {
-        for s in ["200", "20 OK", "2000 OK", "abc OK", "200\r\nX: y", "200 OK\n", "099 x", ""] {
+        for s in [
+            "200",
+            "20 OK",
+            "2000 OK",
+            "abc OK",
+            "200\r\nX: y",
+            "200 OK\n",
+            "099 x",
+            "",
+        ] {
             assert!(parse_status(s).is_err(), "{s:?} accepted");
         }
     }

@@ -29,7 +29,11 @@ impl NginxBody {
         let mut segments = VecDeque::new();
         let mut total = 0u64;
         let rb = (*r).request_body;
-        let mut cl = if rb.is_null() { std::ptr::null_mut() } else { (*rb).bufs };
+        let mut cl = if rb.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*rb).bufs
+        };
         while !cl.is_null() {
             let b = (*cl).buf;
             if (*b).in_file() != 0 && !(*b).file.is_null() {
@@ -70,7 +74,10 @@ impl BodyReader for NginxBody {
                     let want = buf.len().min((*end - *pos) as usize);
                     let n = file.read_at(&mut buf[..want], *pos)?;
                     if n == 0 && want > 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "request body temp file is short"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "request body temp file is short",
+                        ));
                     }
                     *pos += n as u64;
                     n

@@ -68,10 +68,18 @@ extern "C" fn on_wakeup(_ev: *mut ngx_event_t) {
     let Some(bridge) = BRIDGE.get() else { return };
     let mut counter: u64 = 0;
     // SAFETY: reading 8 bytes into a local u64 from our non-blocking eventfd resets it.
-    unsafe { libc::read(bridge.eventfd, &mut counter as *mut u64 as *mut libc::c_void, 8) };
+    unsafe {
+        libc::read(
+            bridge.eventfd,
+            &mut counter as *mut u64 as *mut libc::c_void,
+            8,
+        )
+    };
     let batch = std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()));
     for exchange in batch {
         // A panic must not unwind into nginx's event loop.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::output::pump(&exchange)));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::output::pump(&exchange)
+        }));
     }
 }

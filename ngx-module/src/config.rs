@@ -53,10 +53,16 @@ impl LocConf {
     }
 }
 
-type SetHandler = unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+type SetHandler =
+    unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
 /// A directive entry. The name must be NUL-terminated: nginx compares it with strcmp.
-const fn command(name: &'static std::ffi::CStr, type_: u32, set: SetHandler, conf: usize) -> ngx_command_t {
+const fn command(
+    name: &'static std::ffi::CStr,
+    type_: u32,
+    set: SetHandler,
+    conf: usize,
+) -> ngx_command_t {
     ngx_command_t {
         name: ngx_str_t {
             len: name.count_bytes(),
@@ -77,13 +83,48 @@ const MAIN_OFFSET: usize = NGX_HTTP_MAIN_CONF_OFFSET;
 
 pub static mut COMMANDS: [ngx_command_t; 9] = [
     command(c"wsgi_app", LOC | NGX_CONF_TAKE1, set_app, LOC_OFFSET),
-    command(c"wsgi_callable", ANY_LEVEL | NGX_CONF_TAKE1, set_callable, LOC_OFFSET),
-    command(c"wsgi_python_path", ANY_LEVEL | NGX_CONF_1MORE, set_python_path, LOC_OFFSET),
-    command(c"wsgi_script_name", LOC | NGX_CONF_TAKE1, set_script_name, LOC_OFFSET),
-    command(c"wsgi_param", ANY_LEVEL | NGX_CONF_TAKE2, set_param, LOC_OFFSET),
-    command(c"wsgi_python_home", NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_python_home, MAIN_OFFSET),
-    command(c"wsgi_threads", NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_threads, MAIN_OFFSET),
-    command(c"wsgi_max_queue", NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_max_queue, MAIN_OFFSET),
+    command(
+        c"wsgi_callable",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        set_callable,
+        LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_python_path",
+        ANY_LEVEL | NGX_CONF_1MORE,
+        set_python_path,
+        LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_script_name",
+        LOC | NGX_CONF_TAKE1,
+        set_script_name,
+        LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_param",
+        ANY_LEVEL | NGX_CONF_TAKE2,
+        set_param,
+        LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_python_home",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_python_home,
+        MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_threads",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_threads,
+        MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_max_queue",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_max_queue,
+        MAIN_OFFSET,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -107,7 +148,11 @@ fn refuse(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
 
 /// SAFETY (all set handlers): nginx calls them while parsing, with `conf` pointing at this
 /// module's conf struct of the level named in the command's `conf` offset.
-unsafe extern "C" fn set_app(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_app(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     if lc.app_value.is_some() {
         return refuse(cf, "\"wsgi_app\" directive is duplicate");
@@ -121,7 +166,9 @@ unsafe extern "C" fn set_app(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf
     };
     // A regex or named location has no literal prefix: mount at the root.
     lc.location_prefix = if clcf.regex.is_null() && clcf.named() == 0 {
-        String::from_utf8_lossy(clcf.name.as_bytes()).trim_end_matches('/').to_string()
+        String::from_utf8_lossy(clcf.name.as_bytes())
+            .trim_end_matches('/')
+            .to_string()
     } else {
         String::new()
     };
@@ -130,7 +177,11 @@ unsafe extern "C" fn set_app(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_callable(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_callable(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     let name = args(cf)[0];
     let valid = !name.is_empty()
@@ -138,40 +189,62 @@ unsafe extern "C" fn set_callable(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t,
             .split('.')
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
     if !valid {
-        return refuse(cf, &format!("wsgi_callable: \"{name}\" is not a Python name"));
+        return refuse(
+            cf,
+            &format!("wsgi_callable: \"{name}\" is not a Python name"),
+        );
     }
     lc.callable = Some(name.to_string());
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_python_path(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_python_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     let dirs: Vec<String> = args(cf).iter().map(|s| s.to_string()).collect();
     if let Some(bad) = dirs.iter().find(|d| !d.starts_with('/')) {
-        return refuse(cf, &format!("wsgi_python_path: \"{bad}\" must be an absolute path"));
+        return refuse(
+            cf,
+            &format!("wsgi_python_path: \"{bad}\" must be an absolute path"),
+        );
     }
     lc.python_path.get_or_insert_with(Vec::new).extend(dirs);
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_script_name(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_script_name(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     let value = args(cf)[0];
     if !(value.is_empty() || value.starts_with('/')) || value.contains(['?', '#']) {
-        return refuse(cf, &format!("wsgi_script_name: \"{value}\" must be empty or a path starting with /"));
+        return refuse(
+            cf,
+            &format!("wsgi_script_name: \"{value}\" must be empty or a path starting with /"),
+        );
     }
     lc.script_name = Some(value.trim_end_matches('/').to_string());
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_param(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_param(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     let all: &mut [ngx_str_t] = (*(*cf).args).as_slice_mut();
     let name = String::from_utf8_lossy(all[1].as_bytes()).into_owned();
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return refuse(cf, &format!("wsgi_param: invalid name \"{name}\""));
     }
-    let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>()) as *mut ngx_http_complex_value_t;
+    let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
+        as *mut ngx_http_complex_value_t;
     if cv.is_null() {
         return NGX_CONF_ERROR;
     }
@@ -183,18 +256,30 @@ unsafe extern "C" fn set_param(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, co
     if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
         return NGX_CONF_ERROR;
     }
-    lc.params.get_or_insert_with(Vec::new).push(Param { name, value: cv });
+    lc.params
+        .get_or_insert_with(Vec::new)
+        .push(Param { name, value: cv });
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_python_home(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_python_home(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let mc = &mut *(conf as *mut MainConf);
     let home = args(cf)[0];
     if !home.starts_with('/') {
-        return refuse(cf, &format!("wsgi_python_home: \"{home}\" must be an absolute path"));
+        return refuse(
+            cf,
+            &format!("wsgi_python_home: \"{home}\" must be an absolute path"),
+        );
     }
     if !std::path::Path::new(home).is_dir() {
-        return refuse(cf, &format!("wsgi_python_home: \"{home}\" is not a directory"));
+        return refuse(
+            cf,
+            &format!("wsgi_python_home: \"{home}\" is not a directory"),
+        );
     }
     mc.python_home = Some(home.to_string());
     NGX_CONF_OK
@@ -205,11 +290,18 @@ fn parse_count(cf: *mut ngx_conf_t, directive: &str, max: usize) -> Result<usize
     let value = unsafe { args(cf)[0] };
     match value.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(refuse(cf, &format!("{directive}: \"{value}\" must be a number from 1 to {max}"))),
+        _ => Err(refuse(
+            cf,
+            &format!("{directive}: \"{value}\" must be a number from 1 to {max}"),
+        )),
     }
 }
 
-unsafe extern "C" fn set_threads(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_threads(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let mc = &mut *(conf as *mut MainConf);
     match parse_count(cf, "wsgi_threads", 1024) {
         Ok(n) => mc.threads = Some(n),
@@ -218,7 +310,11 @@ unsafe extern "C" fn set_threads(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, 
     NGX_CONF_OK
 }
 
-unsafe extern "C" fn set_max_queue(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn set_max_queue(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     let mc = &mut *(conf as *mut MainConf);
     match parse_count(cf, "wsgi_max_queue", 1_000_000) {
         Ok(n) => mc.max_queue = Some(n),
@@ -232,7 +328,11 @@ unsafe extern "C" fn set_max_queue(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
 ///
 /// SAFETY: nginx passes the parent's and this level's LocConf, both created by
 /// create_loc_conf, and a cf whose ctx is the http conf context.
-pub unsafe extern "C" fn merge_loc_conf(cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
     let prev = &mut *(prev as *mut LocConf);
     let lc = &mut *(conf as *mut LocConf);
     if lc.callable.is_none() {

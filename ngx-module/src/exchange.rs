@@ -13,9 +13,10 @@ const HIGH_WATER: usize = 256 * 1024;
 pub struct Exchange {
     state: Mutex<State>,
     drained: Condvar,
-    /// The request's loop-side context (output::RequestCtx); only dereferenced on the loop
-    /// thread, and valid until the loop has processed the final event.
-    pub ctx: usize,
+    /// The request's loop-side context (output::RequestCtx), set once by the handler;
+    /// only dereferenced on the loop thread, and valid until the loop has processed the
+    /// final event.
+    ctx: std::sync::atomic::AtomicUsize,
     me: std::sync::Weak<Exchange>,
 }
 
@@ -36,13 +37,22 @@ pub struct State {
 }
 
 impl Exchange {
-    pub fn new(ctx: usize) -> Arc<Exchange> {
+    pub fn new() -> Arc<Exchange> {
         Arc::new_cyclic(|me| Exchange {
             state: Mutex::new(State::default()),
             drained: Condvar::new(),
-            ctx,
+            ctx: std::sync::atomic::AtomicUsize::new(0),
             me: me.clone(),
         })
+    }
+
+    /// Loop side: records the request context this exchange belongs to.
+    pub fn bind(&self, ctx: usize) {
+        self.ctx.store(ctx, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.ctx.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

@@ -38,7 +38,9 @@ extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     match rc {
         Ok(Ok(())) => {}
         Ok(Err(status)) => unsafe { ngx_http_finalize_request(r, status) },
-        Err(_) => unsafe { ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t) },
+        Err(_) => unsafe {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+        },
     }
 }
 
@@ -51,11 +53,20 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     let Some(worker) = worker::get() else {
-        ngx_log_error!(NGX_LOG_ERR, log, "wsgi: Python is not running in this worker (see the worker start-up error)");
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "wsgi: Python is not running in this worker (see the worker start-up error)"
+        );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     let (body, body_len) = NginxBody::capture(r).map_err(|e| {
-        ngx_log_error!(NGX_LOG_ERR, log, "wsgi: cannot read the request body: {}", e);
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "wsgi: cannot read the request body: {}",
+            e
+        );
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
     })?;
     let request = build_request(r, lc, body_len);
@@ -65,9 +76,8 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     if cln.is_null() {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }
-    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, Exchange::new(0))));
-    // The exchange needs the ctx address, known only now.
-    (*ctx).exchange = Exchange::new(ctx as usize);
+    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, Exchange::new())));
+    (*ctx).exchange.bind(ctx as usize);
     (*cln).handler = Some(free_ctx);
     (*cln).data = ctx as *mut c_void;
     *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
@@ -126,7 +136,8 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
-    let has_body = rr.headers_in.content_length_n >= 0 || rr.headers_in.chunked() != 0 || body_len > 0;
+    let has_body =
+        rr.headers_in.content_length_n >= 0 || rr.headers_in.chunked() != 0 || body_len > 0;
     let mut local_port = 0u16;
     if ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) == NGX_OK as ngx_int_t {
         local_port = ngx_inet_get_port((*c).local_sockaddr);
@@ -142,10 +153,26 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     };
     let https = !(*c).ssl.is_null();
     let mut extra = vec![
-        ("REQUEST_URI".to_string(), ExtraValue::Str(bytes(&rr.unparsed_uri))),
-        ("REQUEST_SCHEME".to_string(), ExtraValue::Str(if https { b"https".to_vec() } else { b"http".to_vec() })),
-        ("GATEWAY_INTERFACE".to_string(), ExtraValue::Str(b"CGI/1.1".to_vec())),
-        ("SERVER_SOFTWARE".to_string(), ExtraValue::Str(SERVER_SOFTWARE.as_bytes().to_vec())),
+        (
+            "REQUEST_URI".to_string(),
+            ExtraValue::Str(bytes(&rr.unparsed_uri)),
+        ),
+        (
+            "REQUEST_SCHEME".to_string(),
+            ExtraValue::Str(if https {
+                b"https".to_vec()
+            } else {
+                b"http".to_vec()
+            }),
+        ),
+        (
+            "GATEWAY_INTERFACE".to_string(),
+            ExtraValue::Str(b"CGI/1.1".to_vec()),
+        ),
+        (
+            "SERVER_SOFTWARE".to_string(),
+            ExtraValue::Str(SERVER_SOFTWARE.as_bytes().to_vec()),
+        ),
     ];
     for param in lc.params.iter().flatten() {
         let mut value = ngx_str_t::default();
@@ -177,9 +204,18 @@ mod tests {
 
     #[test]
     fn mounts() {
-        assert_eq!(split_mount(b"/api/x", b"/api"), (b"/api".to_vec(), b"/x".to_vec()));
-        assert_eq!(split_mount(b"/api", b"/api"), (b"/api".to_vec(), b"".to_vec()));
-        assert_eq!(split_mount(b"/apix", b"/api"), (b"".to_vec(), b"/apix".to_vec()));
+        assert_eq!(
+            split_mount(b"/api/x", b"/api"),
+            (b"/api".to_vec(), b"/x".to_vec())
+        );
+        assert_eq!(
+            split_mount(b"/api", b"/api"),
+            (b"/api".to_vec(), b"".to_vec())
+        );
+        assert_eq!(
+            split_mount(b"/apix", b"/api"),
+            (b"".to_vec(), b"/apix".to_vec())
+        );
         assert_eq!(split_mount(b"/x", b""), (b"".to_vec(), b"/x".to_vec()));
     }
 }

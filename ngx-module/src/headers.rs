@@ -14,7 +14,10 @@ unsafe fn pool_str(r: *mut ngx_http_request_t, bytes: &[u8]) -> Result<ngx_str_t
         return Err(());
     }
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
-    Ok(ngx_str_t { len: bytes.len(), data })
+    Ok(ngx_str_t {
+        len: bytes.len(),
+        data,
+    })
 }
 
 /// Header values are latin-1 code points; on the wire each is one byte.
@@ -33,7 +36,10 @@ pub unsafe fn set_response_head(r: *mut ngx_http_request_t, head: &ResponseHead)
         if name.eq_ignore_ascii_case("content-type") {
             // nginx matches types (charset, gzip_types) on the part before parameters.
             let bytes = std::slice::from_raw_parts(value.data, value.len);
-            out.content_type_len = bytes.iter().position(|&b| b == b';' || b == b' ').unwrap_or(value.len);
+            out.content_type_len = bytes
+                .iter()
+                .position(|&b| b == b';' || b == b' ')
+                .unwrap_or(value.len);
             out.content_type = value;
             out.content_type_lowcase = std::ptr::null_mut();
             continue;

@@ -64,11 +64,14 @@ pub fn pump(exchange: &Arc<Exchange>) {
             return; // the request (and its ctx) may already be freed
         }
         state.scheduled = false;
-        (std::mem::take(&mut state.events), std::mem::take(&mut state.logs))
+        (
+            std::mem::take(&mut state.events),
+            std::mem::take(&mut state.logs),
+        )
     };
     // SAFETY: not finished, so the ctx the exchange points at is alive: it is freed only
     // with the request pool, after finish() set `finished`.
-    let ctx = unsafe { &mut *(exchange.ctx as *mut RequestCtx) };
+    let ctx = unsafe { &mut *(exchange.ctx() as *mut RequestCtx) };
     // SAFETY: as above, the request lives while ctx does.
     unsafe {
         let log = (*(*ctx.r).connection).log;
@@ -211,7 +214,12 @@ unsafe fn memory_buf(r: *mut ngx_http_request_t, data: &[u8]) -> *mut ngx_buf_t 
 }
 
 /// A buffer for a byte range of an open file (sent with sendfile when enabled).
-unsafe fn file_buf(r: *mut ngx_http_request_t, file: &std::fs::File, offset: u64, len: u64) -> *mut ngx_buf_t {
+unsafe fn file_buf(
+    r: *mut ngx_http_request_t,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> *mut ngx_buf_t {
     use std::os::fd::AsRawFd;
     let pool = (*r).pool;
     let b = ngx_pcalloc(pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
@@ -237,7 +245,9 @@ unsafe fn wait_for_drain(r: *mut ngx_http_request_t) {
     let c = (*r).connection;
     let wev = (*c).write;
     (*r).write_event_handler = Some(on_write);
-    let clcf = <ngx::http::NgxHttpCoreModule as ngx::http::HttpModuleLocationConf>::location_conf(&*r).expect("core loc conf");
+    let clcf =
+        <ngx::http::NgxHttpCoreModule as ngx::http::HttpModuleLocationConf>::location_conf(&*r)
+            .expect("core loc conf");
     if (*wev).ready() == 0 && (*wev).delayed() == 0 {
         ngx_add_timer(wev, clcf.send_timeout);
     }

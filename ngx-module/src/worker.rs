@@ -49,7 +49,12 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
                 ngx_log_error!(NGX_LOG_INFO, log, "wsgi: loaded {}", spec.describe());
             }
             Err(traceback) => {
-                ngx_log_error!(NGX_LOG_ERR, log, "wsgi: cannot load {}; its requests get 500 until it loads:", spec.describe());
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "wsgi: cannot load {}; its requests get 500 until it loads:",
+                    spec.describe()
+                );
                 for line in traceback.lines() {
                     ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
                 }
@@ -61,7 +66,12 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let pool = match WorkerPool::start(threads, max_queue, hold_gil) {
         Ok(pool) => pool,
         Err(e) => {
-            ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: cannot start Python threads: {}", e);
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "wsgi: cannot start Python threads: {}",
+                e
+            );
             return;
         }
     };
