@@ -77,9 +77,6 @@ extern "C" fn on_wakeup(_ev: *mut ngx_event_t) {
     };
     let batch = std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()));
     for exchange in batch {
-        // A panic must not unwind into nginx's event loop.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::output::pump(&exchange)
-        }));
+        crate::no_unwind((), || crate::output::pump(&exchange));
     }
 }

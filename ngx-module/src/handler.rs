@@ -18,7 +18,7 @@ const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"))
 
 /// SAFETY: nginx calls content handlers on the event loop with a live request.
 pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    let result = std::panic::catch_unwind(|| {
+    crate::no_unwind(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
         // Reads the whole body (memory or temp file, chunked included) before Python
         // sees the request; 413 for client_max_body_size comes from here.
         let rc = ngx_http_read_client_request_body(r, Some(body_ready));
@@ -26,21 +26,16 @@ pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx
             return rc;
         }
         NGX_DONE as ngx_int_t
-    });
-    result.unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+    })
 }
 
 /// Body post-handler: runs with the request count that read_client_request_body took,
 /// which our final ngx_http_finalize_request releases.
 extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx passes the live request whose body it has read.
-    let rc = std::panic::catch_unwind(|| unsafe { start_request(r) });
-    match rc {
-        Ok(Ok(())) => {}
-        Ok(Err(status)) => unsafe { ngx_http_finalize_request(r, status) },
-        Err(_) => unsafe {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
-        },
+    let internal_error = Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    if let Err(status) = crate::no_unwind(internal_error, || unsafe { start_request(r) }) {
+        crate::no_unwind((), || unsafe { ngx_http_finalize_request(r, status) });
     }
 }
 
@@ -110,7 +105,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
 extern "C" fn free_ctx(data: *mut c_void) {
     // SAFETY: data is the Box<RequestCtx> leaked in start_request, freed exactly once here
     // when the request pool is destroyed.
-    unsafe { drop(Box::from_raw(data as *mut RequestCtx)) };
+    crate::no_unwind((), || unsafe {
+        drop(Box::from_raw(data as *mut RequestCtx))
+    });
 }
 
 fn bytes(s: &ngx_str_t) -> Vec<u8> {

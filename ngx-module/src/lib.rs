@@ -64,7 +64,7 @@ pub static mut ngx_http_rwsgi_module: ngx_module_t = ngx_module_t {
 
 /// Runs in each worker after fork: Python starts here, never in the master.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    let _ = std::panic::catch_unwind(|| {
+    no_unwind((), || {
         // SAFETY: nginx calls init_process once per worker, on its event-loop thread.
         unsafe {
             if let Some(mc) = Module::main_conf(&*cycle) {
@@ -77,4 +77,10 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // Never fail the worker: nginx would respawn it in a loop; WSGI requests get a 500
     // with the reason in the log instead.
     NGX_OK as ngx_int_t
+}
+
+/// Runs an nginx callback body; a panic is caught here because unwinding into nginx's C
+/// frames is undefined behaviour. `fallback` is what nginx gets instead.
+pub(crate) fn no_unwind<R>(fallback: R, body: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(fallback)
 }

@@ -268,7 +268,7 @@ fn release_holding(ctx: &mut RequestCtx) {
 /// Write event while waiting for a slow client.
 extern "C" fn on_write(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this for a live request; its ctx is set (we installed it).
-    unsafe {
+    crate::no_unwind((), || unsafe {
         let Some(ctx) = request_ctx(r) else { return };
         let c = (*r).connection;
         let wev = (*c).write;
@@ -294,21 +294,21 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
         }
         (*r).write_event_handler = Some(ngx_http_request_empty_handler);
         release_holding(ctx);
-    }
+    })
 }
 
 /// Read event while the thread owns the request: notices a client that went away.
 pub extern "C" fn on_read(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this for a live request; blocked > 0 keeps r alive even when
     // test_reading terminates it, so ctx is still valid afterwards.
-    unsafe {
+    crate::no_unwind((), || unsafe {
         ngx_http_test_reading(r);
         if (*(*r).connection).error() != 0 {
             if let Some(ctx) = request_ctx(r) {
                 ctx.exchange.mark_gone();
             }
         }
-    }
+    })
 }
 
 pub unsafe fn arm_guard(ctx: &mut RequestCtx) {
@@ -321,13 +321,13 @@ pub unsafe fn arm_guard(ctx: &mut RequestCtx) {
 
 extern "C" fn on_guard(ev: *mut ngx_event_t) {
     // SAFETY: the guard is disarmed in finish() before the ctx can be freed.
-    unsafe {
+    crate::no_unwind((), || unsafe {
         let ctx = &mut *((*ev).data as *mut RequestCtx);
         if (*(*ctx.r).connection).error() != 0 {
             ctx.exchange.mark_gone();
         }
         ngx_add_timer(ev, GUARD_INTERVAL_MS);
-    }
+    })
 }
 
 /// The thread is done with the request: give it back to nginx.

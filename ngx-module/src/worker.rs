@@ -120,7 +120,9 @@ pub unsafe fn wake_pool_soon() {
 }
 
 extern "C" fn wake_pool(_ev: *mut ngx_event_t) {
-    if let Some(worker) = get() {
-        worker.pool.wake();
-    }
+    crate::no_unwind((), || {
+        if let Some(worker) = get() {
+            worker.pool.wake();
+        }
+    });
 }
