@@ -13,7 +13,7 @@ SERVER ?= nginx
 APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl
 
-.PHONY: deps build demo test test-rust test-servers bench lint clean
+.PHONY: deps build demo test test-rust test-servers bench soak lint clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -58,6 +58,10 @@ lint: $(NGINX_SRC)/objs/Makefile
 
 bench: build
 	$(PYTHON_SYS) bench/run.py
+
+# Memory soak (issue 5): 1,000,000 mixed requests per server, worker RSS before/after.
+soak: build
+	$(PYTHON_SYS) bench/soak.py
 
 clean:
 	cargo clean
