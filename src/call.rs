@@ -3,7 +3,7 @@
 //! failures into a 500 (nothing sent yet) or an aborted body (something sent).
 
 use crate::app::{format_error, get_app, AppSpec};
-use crate::environ::{fill_environ, EnvironConstants};
+use crate::environ::{environ_template, fill_environ};
 use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
 use crate::input::Input;
@@ -23,7 +23,7 @@ pub struct ServerTraits {
     pub multiprocess: bool,
 }
 
-static CONSTANTS: PyOnceLock<EnvironConstants> = PyOnceLock::new();
+static TEMPLATE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
 /// Runs the request to completion on the calling thread, which must not hold the GIL.
 /// Exactly one final event (End, Abort or Fail) reaches `sink`, whatever happens.
@@ -97,15 +97,18 @@ fn call_app(
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
     let app = get_app(py, spec)?;
-    let constants = CONSTANTS.get_or_try_init(py, || -> PyResult<_> {
-        Ok(EnvironConstants {
-            file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-            multithread: traits.multithread,
-            multiprocess: traits.multiprocess,
-        })
+    let template = TEMPLATE.get_or_try_init(py, || {
+        let file_wrapper = py.get_type::<FileWrapper>();
+        environ_template(
+            py,
+            file_wrapper.as_any(),
+            traits.multithread,
+            traits.multiprocess,
+        )
+        .map(Bound::unbind)
     })?;
-    let environ = PyDict::new(py);
-    fill_environ(py, &environ, req, constants)?;
+    let environ = template.bind(py).copy()?;
+    fill_environ(py, &environ, req)?;
     environ.set_item(
         pyo3::intern!(py, "wsgi.input"),
         Bound::new(py, Input::new(body))?,

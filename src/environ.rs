@@ -60,20 +60,25 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
     PyString::new(py, &s)
 }
 
-/// The constant part of every environ; wsgi.input/errors/file_wrapper are added per request.
-pub struct EnvironConstants {
-    pub file_wrapper: Py<PyAny>,
-    pub multithread: bool,
-    pub multiprocess: bool,
+/// The keys every environ of this process shares, built once; each request starts from
+/// a copy (a C-level dict copy is cheaper than setting the keys one by one).
+pub fn environ_template<'py>(
+    py: Python<'py>,
+    file_wrapper: &Bound<'py, PyAny>,
+    multithread: bool,
+    multiprocess: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = PyDict::new(py);
+    env.set_item(intern!(py, "wsgi.version"), (1, 0).into_py_any(py)?)?;
+    env.set_item(intern!(py, "wsgi.multithread"), multithread)?;
+    env.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
+    env.set_item(intern!(py, "wsgi.run_once"), false)?;
+    env.set_item(intern!(py, "wsgi.file_wrapper"), file_wrapper)?;
+    Ok(env)
 }
 
-/// Fills `env` (a fresh dict) with the CGI and wsgi.* keys of `req`.
-pub fn fill_environ(
-    py: Python<'_>,
-    env: &Bound<'_, PyDict>,
-    req: &Request,
-    consts: &EnvironConstants,
-) -> PyResult<()> {
+/// Fills `env` (a copy of the template) with the CGI and per-request wsgi.* keys of `req`.
+pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> PyResult<()> {
     env.set_item(intern!(py, "REQUEST_METHOD"), &req.method)?;
     env.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, &req.script_name))?;
     env.set_item(intern!(py, "PATH_INFO"), latin1(py, &req.path_info))?;
@@ -92,27 +97,18 @@ pub fn fill_environ(
     for (key, value) in &req.extra {
         match value {
             ExtraValue::Str(v) => env.set_item(key, latin1(py, v))?,
+            ExtraValue::Static(v) => env.set_item(key, *v)?,
             ExtraValue::IntTuple(v) => env.set_item(key, PyTuple::new(py, v)?)?,
         }
     }
     let scheme = if req.https {
+        env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
         intern!(py, "https")
     } else {
         intern!(py, "http")
     };
-    if req.https {
-        env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
-    }
     env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-    env.set_item(intern!(py, "wsgi.version"), (1, 0).into_py_any(py)?)?;
-    env.set_item(intern!(py, "wsgi.multithread"), consts.multithread)?;
-    env.set_item(intern!(py, "wsgi.multiprocess"), consts.multiprocess)?;
-    env.set_item(intern!(py, "wsgi.run_once"), false)?;
     env.set_item(intern!(py, "wsgi.input_terminated"), req.input_terminated)?;
-    env.set_item(
-        intern!(py, "wsgi.file_wrapper"),
-        consts.file_wrapper.bind(py),
-    )?;
     Ok(())
 }
 

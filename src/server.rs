@@ -37,6 +37,8 @@ pub struct Request {
 pub enum ExtraValue {
     /// Becomes a native (latin-1 decoded) str.
     Str(Vec<u8>),
+    /// A constant str (no allocation per request).
+    Static(&'static str),
     /// Becomes a tuple of ints, like `apache.version`.
     IntTuple(Vec<i64>),
 }

@@ -156,19 +156,15 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
         ),
         (
             "REQUEST_SCHEME".to_string(),
-            ExtraValue::Str(if https {
-                b"https".to_vec()
-            } else {
-                b"http".to_vec()
-            }),
+            ExtraValue::Static(if https { "https" } else { "http" }),
         ),
         (
             "GATEWAY_INTERFACE".to_string(),
-            ExtraValue::Str(b"CGI/1.1".to_vec()),
+            ExtraValue::Static("CGI/1.1"),
         ),
         (
             "SERVER_SOFTWARE".to_string(),
-            ExtraValue::Str(SERVER_SOFTWARE.as_bytes().to_vec()),
+            ExtraValue::Static(SERVER_SOFTWARE),
         ),
     ];
     for param in lc.params.iter().flatten() {
