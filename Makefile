@@ -11,7 +11,8 @@ VENV := $(CURDIR)/target/venv
 SERVER ?= nginx
 
 APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
-	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl
+	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
+	libapache2-mod-wsgi-py3 wrk openssl
 
 .PHONY: deps build demo test test-rust test-servers bench soak lint clean
 

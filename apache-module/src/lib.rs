@@ -1,1 +1,25 @@
+//! mod_rwsgi: Apache httpd 2.4 module hosting WSGI (PEP 3333) applications on the rwsgi
+//! engine, configured with mod_wsgi's directives (embedded mode).
+//!
+//! httpd loads `rwsgi_module` ([`module`]); directives fill [`config`]; the translate hook
+//! ([`mapping`]) maps URLs to scripts; the content handler ([`handler`]) copies the request
+//! ([`request`]) and runs it through `rwsgi::run_request` with a body reader ([`body`]) and
+//! a response sink ([`sink`]) over httpd's filter chains.
 
+mod apr;
+mod bindings;
+mod body;
+mod config;
+mod directives;
+mod ffi;
+mod handler;
+mod live;
+mod log;
+mod mapping;
+mod module;
+mod options;
+mod python;
+mod request;
+mod sink;
+
+pub use module::rwsgi_module;

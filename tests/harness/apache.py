@@ -28,13 +28,14 @@ class ApacheServer(Server):
     def master_pid(self) -> int | None:
         return self.proc.pid if self.proc and self.proc.poll() is None else None
 
-    def render(self, mounts: list[Mount], workers: int = 1, threads: int = 16,
-               python_home: str | None = None, extra: list[str] = (),
-               max_body: int = 64 << 20, **unknown) -> str:
-        unknown.pop("max_queue", None)  # nginx-only knob; Apache queues in the listener
-        if unknown:
-            raise TypeError(f"unknown apache options {sorted(unknown)}")
+    def base_lines(self, workers: int = 1, threads: int = 16, mpm: str = "event",
+                   module_line: str | None = None) -> list[str]:
+        """ServerRoot, logs, listener, MPM sizing and LoadModule lines (no WSGI config).
+        `mpm`: event (Debian's default), worker or prefork. `module_line`: replaces the
+        mod_rwsgi LoadModule line (e.g. mod_wsgi's, for side-by-side checks)."""
         r = self.run
+        if module_line is None:
+            module_line = f"LoadModule rwsgi_module {self.module_path}"
         lines = [
             f"ServerRoot {r}",
             f"DefaultRuntimeDir {r}",
@@ -45,23 +46,47 @@ class ApacheServer(Server):
             "ServerName 127.0.0.1",
             "User www-data",
             "Group www-data",
-            f"LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so",
+            f"LoadModule mpm_{mpm}_module {MODDIR}/mod_mpm_{mpm}.so",
             f"LoadModule authz_core_module {MODDIR}/mod_authz_core.so",
-            f"LoadModule rwsgi_module {self.module_path}",
-            f"StartServers {workers}",
-            f"ServerLimit {workers * 2}",  # room for old children finishing after a graceful restart
-            f"ThreadLimit {threads}",
-            f"ThreadsPerChild {threads}",
-            f"MaxRequestWorkers {workers * threads}",
-            "MinSpareThreads 1",
-            f"MaxSpareThreads {workers * threads}",
+            module_line,
+        ]
+        if mpm == "prefork":
+            # One process per request in flight: `threads` becomes extra processes.
+            procs = workers * threads
+            lines += [f"StartServers {procs}", f"ServerLimit {procs * 2}",
+                      f"MaxRequestWorkers {procs}", f"MinSpareServers {procs}",
+                      f"MaxSpareServers {procs}"]
+        else:
+            lines += [
+                f"StartServers {workers}",
+                f"ServerLimit {workers * 2}",  # room for old children finishing after a graceful restart
+                f"ThreadLimit {threads}",
+                f"ThreadsPerChild {threads}",
+                f"MaxRequestWorkers {workers * threads}",
+                # All threads count as spare capacity: a child that dies is replaced at once
+                # (with MinSpareThreads 1 the parent would not respawn while others idle).
+                f"MinSpareThreads {workers * threads}",
+                f"MaxSpareThreads {workers * threads}",
+            ]
+        lines += [
             "KeepAlive On",
             "MaxKeepAliveRequests 0",
             "Timeout 30",
-            f"LimitRequestBody {max_body}",
             'LogFormat "%h %l %u %t \\"%r\\" %>s %b" common',
             f"CustomLog {r}/access.log common",
             f"DocumentRoot {r}/htdocs",
+        ]
+        return lines
+
+    def render(self, mounts: list[Mount], workers: int = 1, threads: int = 16,
+               python_home: str | None = None, extra: list[str] = (),
+               max_body: int = 64 << 20, mpm: str = "event", **unknown) -> str:
+        unknown.pop("max_queue", None)  # nginx-only knob; Apache queues in the listener
+        if unknown:
+            raise TypeError(f"unknown apache options {sorted(unknown)}")
+        r = self.run
+        lines = self.base_lines(workers, threads, mpm) + [
+            f"LimitRequestBody {max_body}",
             f"<Directory {r}>\n    Require all granted\n</Directory>",
         ]
         if python_home:
@@ -92,8 +117,22 @@ class ApacheServer(Server):
         return "\n".join(lines) + "\n"
 
     def write_conf(self, mounts, **opts):
-        self.conf_path.write_text(self.render(mounts, **opts))
+        text = opts.pop("conf_text", None)
+        self.conf_path.write_text(text if text is not None else self.render(mounts, **opts))
         self.conf_path.chmod(0o644)
+
+    def check_text(self, text: str) -> tuple[bool, str]:
+        """`apache2 -t` on a complete config text; (ok, output)."""
+        self.conf_path.write_text(text)
+        self.conf_path.chmod(0o644)
+        p = subprocess.run([APACHE, "-t", "-f", str(self.conf_path)],
+                           capture_output=True, text=True, timeout=60)
+        return p.returncode == 0, p.stdout + p.stderr
+
+    def start_text(self, text: str, workers: int = 1):
+        """Starts apache2 on a complete config text (e.g. base_lines() + hand-written
+        mod_wsgi-style directives)."""
+        return self.start([], conf_text=text, workers=workers)
 
     def check_config(self, mounts, **opts):
         self.check_module()
@@ -110,11 +149,16 @@ class ApacheServer(Server):
         out = open(self.run / "apache.stdout", "ab")
         self.proc = subprocess.Popen([APACHE, "-f", str(self.conf_path), "-DFOREGROUND"],
                                      stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     # its own process group: on restarts httpd signals its
+                                     # whole group, which must not include pytest
+                                     start_new_session=True)
         out.close()
         self.started = True
-        up = wait_port(self.port, 15)
-        if not up or self.proc.poll() is not None:
+        # Stop waiting as soon as apache2 exits (a refused config), else wait for the port.
+        wait_until(lambda: self.proc.poll() is not None or wait_port(self.port, 0.2), 15)
+        up = self.proc.poll() is None and wait_port(self.port, 1)
+        if not up:
             self.stop()
             raise ServerError(
                 f"apache2 did not come up on port {self.port}:\n"

@@ -1,0 +1,145 @@
+//! The request body as the engine reads it: [`rwsgi::BodyReader`] over httpd's input
+//! filters (`ap_get_brigade`). Reads happen lazily, when the app reads wsgi.input, so
+//! `Expect: 100-continue` is answered only then; HTTP_IN removes chunked framing and
+//! enforces LimitRequestBody.
+
+use crate::apr::{buckets, is_type, read_bucket};
+use crate::bindings::*;
+use crate::live::{Live, State};
+use std::ffi::c_int;
+use std::io;
+use std::sync::Arc;
+
+/// Largest block asked from httpd in one call.
+const MAX_READ: usize = 64 * 1024;
+
+pub struct ApacheBody {
+    live: Arc<Live>,
+}
+
+impl ApacheBody {
+    pub fn new(live: Arc<Live>) -> ApacheBody {
+        ApacheBody { live }
+    }
+}
+
+impl rwsgi::BodyReader for ApacheBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.live
+            // SAFETY: State::r is live while the state is (the handler retires it first).
+            .with(|state| unsafe { read_into(state, buf) })
+            .unwrap_or_else(|| {
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the request is already finished",
+                ))
+            })
+    }
+}
+
+fn take_leftover(state: &mut State, buf: &mut [u8]) -> usize {
+    let available = &state.leftover[state.leftover_pos..];
+    let n = available.len().min(buf.len());
+    buf[..n].copy_from_slice(&available[..n]);
+    state.leftover_pos += n;
+    if state.leftover_pos == state.leftover.len() {
+        state.leftover.clear();
+        state.leftover_pos = 0;
+    }
+    n
+}
+
+/// # Safety
+/// `state.r` is a live request and the caller holds the Live lock.
+unsafe fn read_into(state: &mut State, buf: &mut [u8]) -> io::Result<usize> {
+    if state.leftover_pos < state.leftover.len() {
+        return Ok(take_leftover(state, buf));
+    }
+    if let Some(status) = state.read_error {
+        return Err(read_failed(status));
+    }
+    if state.input_done {
+        return Ok(0);
+    }
+    // SAFETY (rest of the function): r, its connection and filters are live; the brigade
+    // is created in the request pool and only used under the lock.
+    unsafe {
+        let r = state.r;
+        if state.input.is_null() {
+            state.input = apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc);
+        }
+        let bb = state.input;
+        loop {
+            let want = buf.len().min(MAX_READ) as apr_off_t;
+            let rv = ap_get_brigade(
+                (*r).input_filters,
+                bb,
+                ap_input_mode_t_AP_MODE_READBYTES,
+                apr_read_type_e_APR_BLOCK_READ,
+                want,
+            );
+            if rv != APR_SUCCESS as apr_status_t {
+                apr_brigade_cleanup(bb.cast());
+                return Err(fail(
+                    state,
+                    ap_map_http_request_error(rv, HTTP_BAD_REQUEST as c_int),
+                ));
+            }
+            let mut n = 0;
+            let mut error = None;
+            for b in buckets(bb) {
+                if is_type(b, &raw const apr_bucket_type_eos) {
+                    state.input_done = true;
+                    break;
+                }
+                if is_type(b, &raw const ap_bucket_type_error) {
+                    error = Some((*((*b).data as *const ap_bucket_error)).status);
+                    break;
+                }
+                match read_bucket(b, apr_read_type_e_APR_BLOCK_READ) {
+                    Ok(data) => {
+                        let fit = data.len().min(buf.len() - n);
+                        buf[n..n + fit].copy_from_slice(&data[..fit]);
+                        n += fit;
+                        state.leftover.extend_from_slice(&data[fit..]);
+                    }
+                    Err(_) => {
+                        error = Some(HTTP_BAD_REQUEST as c_int);
+                        break;
+                    }
+                }
+            }
+            apr_brigade_cleanup(bb.cast());
+            if let Some(status) = error {
+                return Err(fail(state, status));
+            }
+            if n > 0 || state.input_done {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+fn fail(state: &mut State, status: c_int) -> io::Error {
+    state.read_error = Some(status);
+    if status == AP_FILTER_ERROR {
+        // The input filter already sent the error response (e.g. 413 for a chunked body
+        // over LimitRequestBody): nothing more of ours may go out.
+        state.gone = true;
+    }
+    read_failed(status)
+}
+
+fn read_failed(status: c_int) -> io::Error {
+    let what = match status {
+        AP_FILTER_ERROR => "rejected by the server".to_string(),
+        s if s == HTTP_REQUEST_ENTITY_TOO_LARGE as c_int => {
+            "larger than LimitRequestBody".to_string()
+        }
+        s => format!("failed (HTTP status {s})"),
+    };
+    io::Error::other(format!("reading the request body {what}"))
+}

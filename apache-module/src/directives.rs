@@ -1,0 +1,485 @@
+//! The configuration directives, with mod_wsgi's names and meanings. A directive function
+//! returns NULL or an error string; httpd prints the string with the file and line and
+//! refuses the configuration (`apache2 -t` fails).
+
+use crate::apr::{bytes, pstr, string};
+use crate::bindings::*;
+use crate::config::{self, Alias, DirConfig, ImportScript, Pattern, ScriptOptions};
+use crate::ffi::guard;
+use crate::module::other_wsgi_module;
+use crate::options::{
+    check_application_group, check_callable, check_process_group, max_group_reference, parse_flag,
+    parse_map_head, parse_options, split_python_path, split_words, DAEMON_MODE_UNSUPPORTED,
+};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+type Outcome = Result<(), String>;
+
+/// Runs a directive body: refuses to work next to mod_wsgi, turns panics and errors into
+/// an error string allocated in the command pool.
+unsafe fn run(cmd: *mut cmd_parms, body: impl FnOnce() -> Outcome) -> *const c_char {
+    let outcome = guard(
+        "a configuration directive",
+        Err("internal error, see the error log".into()),
+        || {
+            if let Some(other) = other_wsgi_module() {
+                return Err(format!(
+                "{other} is loaded too: mod_wsgi and mod_rwsgi both embed Python and own the WSGI* \
+                 directives; load only one of them"
+            ));
+            }
+            body()
+        },
+    );
+    match outcome {
+        Ok(()) => ptr::null(),
+        Err(message) => {
+            // SAFETY: cmd and cmd->cmd are live while the directive runs.
+            let name = unsafe { string((*(*cmd).cmd).name) }.unwrap_or_default();
+            let text = if message.starts_with(&name) {
+                message
+            } else {
+                format!("{name}: {message}")
+            };
+            // SAFETY: the command pool lives until httpd has reported the error.
+            unsafe { pstr((*cmd).pool, text.as_bytes()) }
+        }
+    }
+}
+
+/// A TAKE1/RAW_ARGS argument as a Rust string.
+unsafe fn arg(p: *const c_char) -> String {
+    // SAFETY: httpd passes a NUL-terminated argument (or NULL for no arguments).
+    unsafe { string(p) }.unwrap_or_default()
+}
+
+unsafe fn dir_config<'a>(mconfig: *mut c_void) -> Result<&'a mut DirConfig, String> {
+    // SAFETY: for directives allowed in directory context httpd passes our DirConfig.
+    unsafe { (mconfig as *mut DirConfig).as_mut() }
+        .ok_or_else(|| "no directory configuration".to_string())
+}
+
+unsafe fn server_config<'a>(cmd: *mut cmd_parms) -> Result<&'a mut config::ServerConfig, String> {
+    // SAFETY: cmd->server is the server block being configured; config reading is
+    // single-threaded so this is the only reference.
+    unsafe { config::server_mut((*cmd).server) }
+        .ok_or_else(|| "no server configuration".to_string())
+}
+
+unsafe fn global_only(cmd: *mut cmd_parms) -> Outcome {
+    // SAFETY: ap_check_cmd_context only reads cmd; it returns NULL or a static message.
+    let err = unsafe { ap_check_cmd_context(cmd, GLOBAL_ONLY) };
+    if err.is_null() {
+        Ok(())
+    } else {
+        // SAFETY: non-NULL results are NUL-terminated strings.
+        Err(String::from_utf8_lossy(unsafe { bytes(err) })
+            .trim()
+            .to_string())
+    }
+}
+
+/// A path relative to ServerRoot made absolute (as httpd does for its own files).
+unsafe fn server_relative(cmd: *mut cmd_parms, path: &str) -> Result<String, String> {
+    let c = std::ffi::CString::new(path).map_err(|_| "path contains a NUL byte".to_string())?;
+    // SAFETY: cmd->pool is live; the result is NULL or a pool string.
+    let full = unsafe { ap_server_root_relative((*cmd).pool, c.as_ptr()) };
+    if full.is_null() {
+        return Err(format!("invalid path \"{path}\""));
+    }
+    // SAFETY: non-NULL pool string.
+    Ok(String::from_utf8_lossy(unsafe { bytes(full) }).into_owned())
+}
+
+fn not_a_directory(target: &str) -> Outcome {
+    if target.ends_with('/') || (!target.contains('$') && Path::new(target).is_dir()) {
+        return Err(format!(
+            "\"{target}\" is a directory: mapping a URL to a directory of WSGI scripts is not supported by \
+             mod_rwsgi yet; name the script file"
+        ));
+    }
+    Ok(())
+}
+
+const ALIAS_OPTIONS: &[&str] = &[
+    "process-group",
+    "application-group",
+    "callable-object",
+    "pass-authorization",
+];
+
+unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Outcome {
+    // SAFETY: RAW_ARGS passes the rest of the line.
+    let words = split_words(&unsafe { arg(args) })?;
+    if words.len() < 2 {
+        return Err(if regex {
+            "expected a regular expression and a script file: WSGIScriptAliasMatch REGEX FILE [options]".into()
+        } else {
+            "expected a URL path and a script file: WSGIScriptAlias URL-path FILE [options]".into()
+        });
+    }
+    let (url, target) = (&words[0], &words[1]);
+    let mut options = ScriptOptions::default();
+    let mut process_group = false;
+    for (name, value) in parse_options(&words[2..], ALIAS_OPTIONS)? {
+        match name {
+            "process-group" => {
+                check_process_group(value)?;
+                process_group = true;
+            }
+            "application-group" => {
+                check_application_group(value)?;
+                options.application_group = Some(value.to_string());
+            }
+            "callable-object" => {
+                check_callable(value)?;
+                options.callable_object = Some(value.to_string());
+            }
+            _ => options.pass_authorization = Some(parse_flag(name, value)?),
+        }
+    }
+    // As mod_wsgi: both groups named, neither a per-request substitution (%{GLOBAL} is
+    // fixed), and no $N in a WSGIScriptAliasMatch target.
+    options.preload = process_group
+        && options
+            .application_group
+            .as_deref()
+            .is_some_and(|g| g == "%{GLOBAL}" || !g.contains("%{"))
+        && !(regex && target.contains('$'));
+    // SAFETY: cmd is live.
+    let target = unsafe { server_relative(cmd, target) }?;
+    not_a_directory(&target)?;
+    let pattern = if regex {
+        let c = std::ffi::CString::new(url.as_str())
+            .map_err(|_| "pattern contains a NUL byte".to_string())?;
+        // SAFETY: the regex is compiled into (and freed with) the config pool.
+        let re = unsafe { ap_pregcomp((*cmd).pool, c.as_ptr(), AP_REG_EXTENDED as c_int) };
+        if re.is_null() {
+            return Err(format!(
+                "regular expression \"{url}\" could not be compiled"
+            ));
+        }
+        // SAFETY: re is a compiled regex.
+        let groups = unsafe { (*re).re_nsub }.max(0) as usize;
+        let wanted = max_group_reference(&target);
+        if wanted > groups {
+            return Err(format!(
+                "\"{target}\" refers to ${wanted} but \"{url}\" has only {groups} capture group(s)"
+            ));
+        }
+        Pattern::Regex(re)
+    } else {
+        if !url.starts_with('/') {
+            return Err(format!("URL path \"{url}\" must begin with /"));
+        }
+        Pattern::Prefix(url.clone())
+    };
+    // SAFETY: cmd->pool is the config pool.
+    let target_c = unsafe { pstr((*cmd).pool, target.as_bytes()) };
+    // SAFETY: see server_config.
+    unsafe { server_config(cmd) }?.aliases.push(Alias {
+        pattern,
+        target,
+        target_c,
+        options,
+    });
+    Ok(())
+}
+
+unsafe extern "C" fn script_alias(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    args: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || add_alias(cmd, args, false)) }
+}
+
+unsafe extern "C" fn script_alias_match(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    args: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || add_alias(cmd, args, true)) }
+}
+
+unsafe extern "C" fn import_script(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    args: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe {
+        run(cmd, || {
+            let words = split_words(&arg(args))?;
+            let Some(path) = words.first() else {
+                return Err("expected a script file: WSGIImportScript FILE [process-group=...] [application-group=...]".into());
+            };
+            let mut group = "%{GLOBAL}".to_string();
+            for (name, value) in
+                parse_options(&words[1..], &["process-group", "application-group"])?
+            {
+                if name == "process-group" {
+                    check_process_group(value)?;
+                } else {
+                    check_application_group(value)?;
+                    group = value.to_string();
+                }
+            }
+            let path = server_relative(cmd, path)?;
+            not_a_directory(&path)?;
+            server_config(cmd)?.imports.push(ImportScript {
+                path,
+                application_group: group,
+            });
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn python_home(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe {
+        run(cmd, || {
+            global_only(cmd)?;
+            let home = PathBuf::from(arg(value));
+            if !home.is_dir() {
+                return Err(format!("\"{}\" is not a directory", home.display()));
+            }
+            server_config(cmd)?.python_home = Some(home);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn python_path(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe {
+        run(cmd, || {
+            global_only(cmd)?;
+            server_config(cmd)?.python_path = split_python_path(&arg(value));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn callable_object(
+    cmd: *mut cmd_parms,
+    m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd and our DirConfig.
+    unsafe {
+        run(cmd, || {
+            check_callable(&arg(value))?;
+            dir_config(m)?.callable_object = pstr((*cmd).pool, bytes(value));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn application_group(
+    cmd: *mut cmd_parms,
+    m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd and our DirConfig.
+    unsafe {
+        run(cmd, || {
+            check_application_group(&arg(value))?;
+            dir_config(m)?.application_group = pstr((*cmd).pool, bytes(value));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn map_head_to_get(
+    cmd: *mut cmd_parms,
+    m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd and our DirConfig.
+    unsafe {
+        run(cmd, || {
+            dir_config(m)?.map_head_to_get = Some(parse_map_head(&arg(value))?);
+            Ok(())
+        })
+    }
+}
+
+macro_rules! dir_flag {
+    ($fn_name:ident, $field:ident) => {
+        unsafe extern "C" fn $fn_name(
+            cmd: *mut cmd_parms,
+            m: *mut c_void,
+            on: c_int,
+        ) -> *const c_char {
+            // SAFETY: called by httpd with a live cmd and our DirConfig.
+            unsafe {
+                run(cmd, || {
+                    dir_config(m)?.$field = Some(on != 0);
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+dir_flag!(pass_authorization, pass_authorization);
+dir_flag!(script_reloading, script_reloading);
+dir_flag!(chunked_request, chunked_request);
+dir_flag!(enable_sendfile, enable_sendfile);
+
+unsafe extern "C" fn daemon_process(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    _args: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || Err(DAEMON_MODE_UNSUPPORTED.to_string())) }
+}
+
+unsafe extern "C" fn process_group(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || check_process_group(&arg(value))) }
+}
+
+unsafe extern "C" fn restrict_embedded(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    on: c_int,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe {
+        run(cmd, || {
+            if on != 0 {
+                Err(format!("On would forbid embedded mode, the only mode mod_rwsgi has; {DAEMON_MODE_UNSUPPORTED}"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Directives that only tune mod_wsgi internals mod_rwsgi does not have.
+unsafe extern "C" fn ignored_take1(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    _v: *const c_char,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || Ok(())) }
+}
+
+unsafe extern "C" fn ignored_flag(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    _on: c_int,
+) -> *const c_char {
+    // SAFETY: called by httpd with a live cmd.
+    unsafe { run(cmd, || Ok(())) }
+}
+
+// ---- the command table ------------------------------------------------------------
+
+/// Where a directive may appear: server/vhost only, or also <Directory>/<Location> and
+/// .htaccess with `AllowOverride FileInfo` (as in mod_wsgi).
+const SERVER: u32 = RSRC_CONF;
+const ANYWHERE: u32 = RSRC_CONF | ACCESS_CONF | OR_FILEINFO;
+
+type RawFn = unsafe extern "C" fn(*mut cmd_parms, *mut c_void, *const c_char) -> *const c_char;
+type FlagFn = unsafe extern "C" fn(*mut cmd_parms, *mut c_void, c_int) -> *const c_char;
+
+const fn raw(name: &'static CStr, f: RawFn, scope: u32, help: &'static CStr) -> command_rec {
+    command_rec {
+        name: name.as_ptr(),
+        func: cmd_func { raw_args: Some(f) },
+        cmd_data: ptr::null_mut(),
+        req_override: scope as c_int,
+        args_how: cmd_how::RAW_ARGS,
+        errmsg: help.as_ptr(),
+    }
+}
+
+const fn take1(name: &'static CStr, f: RawFn, scope: u32, help: &'static CStr) -> command_rec {
+    command_rec {
+        name: name.as_ptr(),
+        func: cmd_func { take1: Some(f) },
+        cmd_data: ptr::null_mut(),
+        req_override: scope as c_int,
+        args_how: cmd_how::TAKE1,
+        errmsg: help.as_ptr(),
+    }
+}
+
+const fn flag(name: &'static CStr, f: FlagFn, scope: u32, help: &'static CStr) -> command_rec {
+    command_rec {
+        name: name.as_ptr(),
+        func: cmd_func { flag: Some(f) },
+        cmd_data: ptr::null_mut(),
+        req_override: scope as c_int,
+        args_how: cmd_how::FLAG,
+        errmsg: help.as_ptr(),
+    }
+}
+
+const END: command_rec = command_rec {
+    name: ptr::null(),
+    func: cmd_func { raw_args: None },
+    cmd_data: ptr::null_mut(),
+    req_override: 0,
+    args_how: cmd_how::RAW_ARGS,
+    errmsg: ptr::null(),
+};
+
+/// The NULL-terminated table httpd reads through `module.cmds`.
+#[repr(transparent)]
+pub struct Commands(pub [command_rec; 26]);
+
+// SAFETY: the table is immutable after construction; its pointers are to static strings
+// and functions, so sharing it between threads is sound.
+unsafe impl Sync for Commands {}
+
+pub static COMMANDS: Commands = Commands([
+    raw(c"WSGIScriptAlias", script_alias, SERVER, c"URL-path FILE [process-group=%{GLOBAL}] [application-group=NAME] [callable-object=NAME] [pass-authorization=On|Off]"),
+    raw(c"WSGIScriptAliasMatch", script_alias_match, SERVER, c"REGEX FILE ($N substitutes groups) [options as WSGIScriptAlias]"),
+    take1(c"WSGIPythonHome", python_home, SERVER, c"Python prefix or virtualenv directory"),
+    take1(c"WSGIPythonPath", python_path, SERVER, c"colon-separated directories added in front of sys.path"),
+    take1(c"WSGICallableObject", callable_object, ANYWHERE, c"name of the WSGI callable in the script (default application)"),
+    take1(c"WSGIApplicationGroup", application_group, ANYWHERE, c"application group: %{GLOBAL}, %{RESOURCE}, %{SERVER}, %{HOST}, %{ENV:var} or a name"),
+    flag(c"WSGIPassAuthorization", pass_authorization, ANYWHERE, c"On to pass the Authorization header to the application"),
+    flag(c"WSGIChunkedRequest", chunked_request, ANYWHERE, c"accepted for compatibility: chunked request bodies always work"),
+    flag(c"WSGIScriptReloading", script_reloading, ANYWHERE, c"On (default) to reload a script when its modification time changes"),
+    take1(c"WSGIMapHEADToGET", map_head_to_get, ANYWHERE, c"Off, On or Auto (default): run HEAD requests as GET"),
+    flag(c"WSGIEnableSendfile", enable_sendfile, ANYWHERE, c"On to send wsgi.file_wrapper files with sendfile"),
+    raw(c"WSGIImportScript", import_script, SERVER, c"FILE [process-group=%{GLOBAL}] [application-group=NAME]: run when a worker process starts"),
+    raw(c"WSGIDaemonProcess", daemon_process, SERVER, c"not supported by mod_rwsgi yet"),
+    take1(c"WSGIProcessGroup", process_group, ANYWHERE, c"only %{GLOBAL} (embedded mode) is supported"),
+    flag(c"WSGIRestrictEmbedded", restrict_embedded, SERVER, c"only Off is supported"),
+    take1(c"WSGISocketPrefix", ignored_take1, SERVER, c"accepted and ignored (daemon mode only)"),
+    take1(c"WSGIAcceptMutex", ignored_take1, SERVER, c"accepted and ignored (daemon mode only)"),
+    flag(c"WSGILazyInitialization", ignored_flag, SERVER, c"accepted and ignored: Python always starts in the worker processes"),
+    flag(c"WSGIRestrictStdin", ignored_flag, SERVER, c"accepted and ignored"),
+    flag(c"WSGIRestrictStdout", ignored_flag, SERVER, c"accepted and ignored"),
+    flag(c"WSGIRestrictSignal", ignored_flag, SERVER, c"accepted and ignored"),
+    flag(c"WSGIVerboseDebugging", ignored_flag, SERVER, c"accepted and ignored"),
+    flag(c"WSGIDestroyInterpreter", ignored_flag, SERVER, c"accepted and ignored"),
+    take1(c"WSGIPythonEggs", ignored_take1, SERVER, c"accepted and ignored"),
+    flag(c"WSGIDontWriteBytecode", ignored_flag, SERVER, c"accepted and ignored"),
+    END,
+]);

@@ -1,0 +1,224 @@
+//! The module record httpd loads (`LoadModule rwsgi_module .../mod_rwsgi.so`) and the
+//! hooks it registers. The record is declared in Rust: a C-declared one would be hidden
+//! by rustc's export list for cdylibs.
+
+use crate::apr::string;
+use crate::bindings::*;
+use crate::config;
+use crate::directives::COMMANDS;
+use crate::ffi::guard;
+use crate::log::{self, Level};
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int};
+use std::ptr;
+
+/// httpd writes module_index, dynamic_load_handle and next into the record, so it lives
+/// in an UnsafeCell (writable memory) with the exact layout of `module`.
+#[repr(transparent)]
+pub struct ModuleRecord(UnsafeCell<module>);
+
+// SAFETY: httpd writes the record only while loading the configuration (single-threaded,
+// before any request thread exists); afterwards every access is a read.
+unsafe impl Sync for ModuleRecord {}
+
+/// The name httpd uses for log tags (`[rwsgi:error]`) and `LogLevel rwsgi:...`.
+const MODULE_NAME: &std::ffi::CStr = c"mod_rwsgi.c";
+
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+pub static rwsgi_module: ModuleRecord = ModuleRecord(UnsafeCell::new(module {
+    version: MODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: MODULE_MAGIC_NUMBER_MINOR as c_int,
+    module_index: -1,
+    name: MODULE_NAME.as_ptr(),
+    dynamic_load_handle: ptr::null_mut(),
+    next: ptr::null_mut(),
+    magic: MODULE_MAGIC_COOKIE as _,
+    rewrite_args: None,
+    create_dir_config: Some(config::create_dir_config),
+    merge_dir_config: Some(config::merge_dir_config),
+    create_server_config: Some(config::create_server_config),
+    merge_server_config: Some(config::merge_server_config),
+    cmds: &raw const COMMANDS as *const command_rec,
+    register_hooks: Some(register_hooks),
+    flags: 0,
+}));
+
+/// The index httpd gave this module (slot in every config vector).
+pub fn module_index() -> c_int {
+    // SAFETY: a plain read of an int httpd set before any request; no reference escapes.
+    unsafe { (*rwsgi_module.0.get()).module_index }
+}
+
+fn this_module() -> *const module {
+    rwsgi_module.0.get()
+}
+
+/// A NULL-terminated list of module names for hook ordering (httpd keeps the pointer).
+#[repr(transparent)]
+struct NameList<const N: usize>([*const c_char; N]);
+
+// SAFETY: immutable pointers to static strings.
+unsafe impl<const N: usize> Sync for NameList<N> {}
+
+/// Like mod_wsgi: run after mod_alias (so `Alias /static` wins over `WSGIScriptAlias /`)
+/// and before mod_userdir / mod_vhost_alias.
+static TRANSLATE_AFTER: NameList<2> = NameList([c"mod_alias.c".as_ptr(), ptr::null()]);
+static TRANSLATE_BEFORE: NameList<3> = NameList([
+    c"mod_userdir.c".as_ptr(),
+    c"mod_vhost_alias.c".as_ptr(),
+    ptr::null(),
+]);
+
+unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
+    guard("register_hooks", (), || {
+        let middle = APR_HOOK_MIDDLE as c_int;
+        // SAFETY: called by httpd while loading the module; the functions and name lists
+        // are static and live as long as the module is loaded.
+        unsafe {
+            ap_hook_check_config(Some(check_config), ptr::null(), ptr::null(), middle);
+            ap_hook_post_config(Some(post_config), ptr::null(), ptr::null(), middle);
+            ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), middle);
+            ap_hook_translate_name(
+                Some(crate::mapping::translate_name),
+                TRANSLATE_AFTER.0.as_ptr(),
+                TRANSLATE_BEFORE.0.as_ptr(),
+                middle,
+            );
+            ap_hook_handler(
+                Some(crate::handler::handler),
+                ptr::null(),
+                ptr::null(),
+                middle,
+            );
+        }
+    })
+}
+
+/// Another loaded module that is mod_wsgi (by name, or because it also defines
+/// WSGIScriptAlias): its name, for the error message.
+pub fn other_wsgi_module() -> Option<String> {
+    // SAFETY: ap_top_module heads httpd's list of loaded modules; the list and the
+    // modules' command tables are only changed by the (single) config-reading thread,
+    // which is the thread calling this.
+    unsafe {
+        let mut m = ptr::addr_of!(ap_top_module).read();
+        while !m.is_null() {
+            if !ptr::eq(m, this_module()) {
+                let name = string((*m).name).unwrap_or_default();
+                if name.ends_with("mod_wsgi.c") || defines_script_alias((*m).cmds) {
+                    return Some(format!(
+                        "{} (wsgi_module)",
+                        name.rsplit('/').next().unwrap_or(&name)
+                    ));
+                }
+            }
+            m = (*m).next;
+        }
+    }
+    None
+}
+
+unsafe fn defines_script_alias(mut cmd: *const command_rec) -> bool {
+    if cmd.is_null() {
+        return false;
+    }
+    // SAFETY: command tables end with an entry whose name is NULL.
+    unsafe {
+        while !(*cmd).name.is_null() {
+            if crate::apr::bytes((*cmd).name) == b"WSGIScriptAlias" {
+                return true;
+            }
+            cmd = cmd.add(1);
+        }
+    }
+    false
+}
+
+/// Runs after the configuration is read, also for `apache2 -t`: refuses to run next to
+/// mod_wsgi (both would own the one CPython of each process).
+unsafe extern "C" fn check_config(
+    _pconf: *mut apr_pool_t,
+    _plog: *mut apr_pool_t,
+    _ptemp: *mut apr_pool_t,
+    s: *mut server_rec,
+) -> c_int {
+    guard(
+        "check_config",
+        HTTP_INTERNAL_SERVER_ERROR as c_int,
+        || match other_wsgi_module() {
+            None => OK as c_int,
+            Some(other) => {
+                // SAFETY: s is the main server httpd passes in.
+                unsafe {
+                    log::server(
+                    s,
+                    Level::Error,
+                    &format!(
+                        "mod_rwsgi: {other} is loaded too. mod_wsgi and mod_rwsgi both embed Python and \
+                         define the same WSGI* directives: load only one of them \
+                         (a2dismod wsgi, or remove its LoadModule line)"
+                    ),
+                );
+                }
+                HTTP_INTERNAL_SERVER_ERROR as c_int
+            }
+        },
+    )
+}
+
+unsafe extern "C" fn post_config(
+    pconf: *mut apr_pool_t,
+    _plog: *mut apr_pool_t,
+    _ptemp: *mut apr_pool_t,
+    s: *mut server_rec,
+) -> c_int {
+    guard("post_config", OK as c_int, || {
+        // SAFETY: s heads httpd's list of servers, all configured by now; pconf is live.
+        unsafe {
+            add_version_component(pconf);
+            let mut server = s as *const server_rec;
+            let mut scripts = 0;
+            while !server.is_null() {
+                if let Some(conf) = config::server(server) {
+                    scripts += conf.aliases.len() + conf.imports.len();
+                }
+                server = (*server).next;
+            }
+            if scripts > 0 {
+                log::server(
+                    s,
+                    Level::Info,
+                    "mod_rwsgi: every WSGI application group runs in the main Python interpreter \
+                     (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are not supported yet, \
+                     so applications in different groups share modules and sys.path",
+                );
+            }
+        }
+        OK as c_int
+    })
+}
+
+/// "mod_rwsgi/0.1.0 Python/3.11" in the server banner (SERVER_SOFTWARE, Server header
+/// with ServerTokens Full), as mod_wsgi adds its own.
+unsafe fn add_version_component(pconf: *mut apr_pool_t) {
+    // SAFETY: Py_GetVersion only returns a static string; it is callable before (and
+    // without) initializing Python.
+    let python = unsafe { crate::apr::bytes(pyo3::ffi::Py_GetVersion()) };
+    let python = String::from_utf8_lossy(python);
+    let short: String = python.split('.').take(2).collect::<Vec<_>>().join(".");
+    let text = format!(
+        "mod_rwsgi/{} Python/{}",
+        env!("CARGO_PKG_VERSION"),
+        short.split_whitespace().next().unwrap_or("")
+    );
+    // SAFETY: httpd copies nothing: the component must live in pconf, so it is allocated there.
+    unsafe { ap_add_version_component(pconf, crate::apr::pstr(pconf, text.as_bytes())) };
+}
+
+unsafe extern "C" fn child_init(p: *mut apr_pool_t, s: *mut server_rec) {
+    // SAFETY: called by httpd once in each new child process, before request threads.
+    guard("child_init", (), || unsafe {
+        crate::python::child_init(p, s)
+    })
+}

@@ -1,0 +1,162 @@
+//! Python in a worker process: started in child_init (never in the httpd parent, which
+//! unloads and reloads the module on every restart), the MPM's threading facts for
+//! wsgi.multithread / wsgi.multiprocess, and WSGIImportScript preloading.
+
+use crate::bindings::*;
+use crate::config::{self, Effective, ServerConfig};
+use crate::log::{self, Level};
+use rwsgi::{AppSpec, AppTarget, ServerTraits};
+use std::ffi::c_int;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Set once in each child: Some(traits) when Python started, None when it failed.
+static READY: OnceLock<Option<ServerTraits>> = OnceLock::new();
+
+/// The server traits when Python is usable in this process.
+pub fn ready() -> Option<ServerTraits> {
+    READY.get().copied().flatten()
+}
+
+/// What the MPM says, as mod_wsgi computes it.
+fn mpm_traits() -> ServerTraits {
+    let query = |code: u32| {
+        let mut value: c_int = 0;
+        // SAFETY: ap_mpm_query writes one int; it is callable once the MPM is loaded.
+        let rv = unsafe { ap_mpm_query(code as c_int, &mut value) };
+        if rv == APR_SUCCESS as apr_status_t {
+            value
+        } else {
+            0
+        }
+    };
+    let threads = if query(AP_MPMQ_IS_THREADED) != AP_MPMQ_NOT_SUPPORTED as c_int {
+        query(AP_MPMQ_MAX_THREADS)
+    } else {
+        1
+    };
+    // The configured maximum of processes (not how many run now: that changes).
+    let processes = if query(AP_MPMQ_IS_FORKED) != AP_MPMQ_NOT_SUPPORTED as c_int {
+        query(AP_MPMQ_MAX_DAEMONS)
+    } else {
+        1
+    };
+    ServerTraits {
+        multithread: threads.max(1) != 1,
+        multiprocess: processes.max(1) != 1,
+    }
+}
+
+/// The app spec for a script, the same for preloading and for requests so that the
+/// engine's cache finds a preloaded script.
+pub fn spec(script: PathBuf, settings: &Effective, conf: &ServerConfig) -> AppSpec {
+    AppSpec {
+        target: AppTarget::Script(script),
+        callable: settings.callable.clone(),
+        python_path: conf.python_path.clone(),
+        reload_on_change: settings.script_reloading,
+    }
+}
+
+/// # Safety
+/// Called by httpd's child_init with the main server (heading the list of servers).
+pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
+    // SAFETY: s and the configs hang off httpd's server list, read-only from now on.
+    unsafe {
+        let Some(main) = config::server(s) else {
+            return;
+        };
+        let home = main.python_home.as_deref();
+        match rwsgi::interpreter::initialize(home) {
+            Ok(()) => {
+                let _ = READY.set(Some(mpm_traits()));
+                log::server(
+                    s,
+                    Level::Info,
+                    &format!(
+                        "mod_rwsgi: Python initialized in process {}{}",
+                        std::process::id(),
+                        home.map(|h| format!(" (WSGIPythonHome {})", h.display()))
+                            .unwrap_or_default()
+                    ),
+                );
+                preload(s);
+            }
+            Err(e) => {
+                let _ = READY.set(None);
+                log::server(
+                    s,
+                    Level::Error,
+                    &format!(
+                        "mod_rwsgi: cannot start Python: {e}; WSGI requests will fail with 500"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Loads WSGIImportScript files, and scripts of WSGIScriptAlias lines that name both a
+/// process and an application group (mod_wsgi preloads those too).
+///
+/// # Safety
+/// `s` heads httpd's server list.
+unsafe fn preload(s: *mut server_rec) {
+    // (spec, Some(application group) for WSGIImportScript)
+    let mut scripts: Vec<(AppSpec, Option<String>)> = Vec::new();
+    // SAFETY: walking httpd's server list; configs are read-only now.
+    unsafe {
+        let mut server = s as *const server_rec;
+        while !server.is_null() {
+            if let Some(conf) = config::server(server) {
+                let defaults = config::server_dir_defaults(server);
+                for import in &conf.imports {
+                    let settings = Effective::resolve(&defaults, None);
+                    let group = Some(import.application_group.clone());
+                    scripts.push((spec(PathBuf::from(&import.path), &settings, conf), group));
+                }
+                for alias in conf.aliases.iter().filter(|a| a.options.preload) {
+                    let settings = Effective::resolve(&defaults, Some(&alias.options));
+                    scripts.push((spec(PathBuf::from(&alias.target), &settings, conf), None));
+                }
+            }
+            server = (*server).next;
+        }
+    }
+    let mut seen: Vec<&AppSpec> = Vec::new();
+    for (spec, import_group) in &scripts {
+        if seen.contains(&spec) {
+            continue;
+        }
+        seen.push(spec);
+        let outcome = pyo3::Python::attach(|py| match rwsgi::app::get_app(py, spec) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let no_callable = e.is_instance_of::<pyo3::exceptions::PyLookupError>(py);
+                Err((no_callable, rwsgi::app::format_error(py, &e)))
+            }
+        });
+        let path = match &spec.target {
+            AppTarget::Script(p) => p.display().to_string(),
+            AppTarget::Module(m) => m.clone(),
+        };
+        match outcome {
+            Ok(()) => log::main_server(Level::Info, &format!("mod_rwsgi: preloaded {path}")),
+            // An import script need not define a WSGI callable: it ran, which is the point.
+            Err((true, _)) if import_group.is_some() => log::main_server(
+                Level::Info,
+                &format!(
+                    "mod_rwsgi: ran import script {path} for application group {} (it defines no '{}')",
+                    import_group.as_deref().unwrap_or_default(),
+                    spec.callable
+                ),
+            ),
+            Err((_, text)) => {
+                log::main_server(Level::Error, &format!("mod_rwsgi: failed to load {path}:"));
+                for line in text.lines() {
+                    log::main_server(Level::Error, line);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The response as the engine produces it: [`rwsgi::ResponseSink`] over httpd's output
+//! filters. Head fills the request_rec, body parts become buckets passed down the filter
+//! chain per batch (so streamed chunks go out as they come), End is EOS, and Abort makes the
+//! body visibly truncated: an error bucket that httpd's chunk filter answers by omitting the
+//! last-chunk, then EOS, with the connection closed.
+
+use crate::apr::{insert_tail, pstr};
+use crate::bindings::*;
+use crate::live::{Finish, Live, State};
+use crate::log::{self, Level};
+use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseHead};
+use std::ffi::{c_int, c_void};
+use std::fs::File;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+pub struct ApacheSink {
+    live: Arc<Live>,
+}
+
+impl ApacheSink {
+    pub fn new(live: Arc<Live>) -> ApacheSink {
+        ApacheSink { live }
+    }
+}
+
+impl rwsgi::ResponseSink for ApacheSink {
+    fn send(&self, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone> {
+        let outcome = self
+            .live
+            // SAFETY: State::r is live while the state is; we hold the lock.
+            .with(|state| unsafe { deliver(state, events) })
+            .unwrap_or(Err(ClientGone));
+        events.clear();
+        outcome
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = Level::from(level);
+        // SAFETY: while the state exists the request is live (the handler has not returned).
+        let logged = self
+            .live
+            .with(|state| unsafe { log::request(state.r, level, message) });
+        if logged.is_none() {
+            // The app kept wsgi.errors beyond its request.
+            log::main_server(level, message);
+        }
+    }
+}
+
+/// # Safety
+/// `state.r` is live and the caller holds the Live lock.
+unsafe fn deliver(state: &mut State, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone> {
+    // SAFETY (whole function): r, its pool, connection and filter chain are live; buckets
+    // come from the connection's allocator, used by one thread at a time under the lock.
+    unsafe {
+        let r = state.r;
+        if state.out.is_null() {
+            state.out = apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc);
+        }
+        let bb = state.out;
+        let alloc = (*(*r).connection).bucket_alloc;
+        // Transient buckets point into these until the brigade is passed: a filter that
+        // keeps data past ap_pass_brigade must set it aside (copy) by contract.
+        let mut keep: Vec<Vec<u8>> = Vec::new();
+        let mut finish = None;
+        let mut has_body = false;
+        for event in events.drain(..) {
+            match event {
+                OutputEvent::Head(head) if !state.gone => apply_head(r, &head),
+                OutputEvent::Data(data) if !state.gone && !data.is_empty() => {
+                    insert_tail(
+                        bb,
+                        apr_bucket_transient_create(
+                            data.as_ptr().cast(),
+                            data.len() as apr_size_t,
+                            alloc,
+                        ),
+                    );
+                    keep.push(data);
+                    has_body = true;
+                }
+                OutputEvent::File { file, offset, len } if !state.gone && len > 0 => {
+                    insert_file(state, bb, file, offset, len);
+                    has_body = true;
+                }
+                OutputEvent::End => finish = Some(Finish::End),
+                OutputEvent::Abort => finish = Some(Finish::Abort),
+                OutputEvent::Fail(status) => finish = Some(Finish::Fail(status)),
+                _ => {}
+            }
+        }
+        match finish {
+            None => {
+                insert_tail(bb, apr_bucket_flush_create(alloc));
+                pass(state, bb);
+            }
+            Some(Finish::End) => {
+                insert_tail(bb, apr_bucket_eos_create(alloc));
+                pass(state, bb);
+            }
+            Some(Finish::Abort) => {
+                // Headers and any body first, on their own: the HTTP header filter turns
+                // an error bucket it sees into a whole error response instead.
+                if has_body || !state.passed {
+                    insert_tail(bb, apr_bucket_flush_create(alloc));
+                    pass(state, bb);
+                }
+                abort(state, bb);
+            }
+            Some(Finish::Fail(_)) => {
+                // Nothing was sent: the handler returns the status and httpd renders it.
+                apr_brigade_cleanup(bb.cast());
+            }
+        }
+        if let Some(f) = finish {
+            state.finish = Some(f);
+        }
+        drop(keep);
+        if state.gone {
+            Err(ClientGone)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Status line, Content-Type, Content-Length and the other headers into the request_rec.
+///
+/// # Safety
+/// `r` is live and its headers have not been sent.
+unsafe fn apply_head(r: *mut request_rec, head: &ResponseHead) {
+    // SAFETY: pool strings live as long as the request; tables belong to r.
+    unsafe {
+        let pool = (*r).pool;
+        (*r).status = c_int::from(head.status);
+        (*r).status_line = pstr(pool, head.status_line.as_bytes());
+        // Whatever mod_mime guessed from the script's file name is not the app's answer.
+        (*r).content_type = std::ptr::null();
+        (*r).content_encoding = std::ptr::null();
+        for (name, value) in &head.headers {
+            if name.eq_ignore_ascii_case("content-type") {
+                ap_set_content_type(r, pstr(pool, value.as_bytes()));
+            } else {
+                apr_table_addn(
+                    (*r).headers_out,
+                    pstr(pool, name.as_bytes()),
+                    pstr(pool, value.as_bytes()),
+                );
+            }
+        }
+        if let Some(length) = head.content_length {
+            ap_set_content_length(r, length as apr_off_t);
+        }
+    }
+}
+
+/// A file bucket over the app's file (sendfile when enabled). The descriptor is closed
+/// by a request-pool cleanup, which runs after every bucket of the request is gone.
+///
+/// # Safety
+/// `state.r` is live; `bb` is its output brigade.
+unsafe fn insert_file(
+    state: &State,
+    bb: *mut apr_bucket_brigade,
+    file: File,
+    offset: u64,
+    len: u64,
+) {
+    // SAFETY: the fd is ours (into_raw_fd); the cleanup closes it exactly once.
+    unsafe {
+        let r = state.r;
+        let pool = (*r).pool;
+        let mut fd = file.into_raw_fd();
+        apr_pool_cleanup_register(
+            pool,
+            fd as usize as *const c_void,
+            Some(close_fd),
+            Some(apr_pool_cleanup_null),
+        );
+        let mut flags = (APR_FOPEN_READ | APR_FOPEN_LARGEFILE) as apr_int32_t;
+        if state.sendfile {
+            flags |= APR_FOPEN_SENDFILE_ENABLED as apr_int32_t;
+        }
+        let mut apr_file: *mut apr_file_t = std::ptr::null_mut();
+        if apr_os_file_put(&mut apr_file, &mut fd, flags, pool) != APR_SUCCESS as apr_status_t {
+            log::request(
+                r,
+                Level::Error,
+                "mod_rwsgi: cannot wrap the wsgi.file_wrapper file for sending",
+            );
+            return;
+        }
+        apr_brigade_insert_file(bb, apr_file, offset as apr_off_t, len as apr_off_t, pool);
+    }
+}
+
+unsafe extern "C" fn close_fd(data: *mut c_void) -> apr_status_t {
+    // SAFETY: data carries a descriptor registered once by insert_file.
+    unsafe { libc::close(data as usize as c_int) };
+    APR_SUCCESS as apr_status_t
+}
+
+/// Passes the brigade down the output filters; a failure or aborted connection means the
+/// client is gone.
+///
+/// # Safety
+/// `state.r` is live; `bb` is its output brigade.
+unsafe fn pass(state: &mut State, bb: *mut apr_bucket_brigade) {
+    // SAFETY: as documented above.
+    unsafe {
+        if state.gone {
+            apr_brigade_cleanup(bb.cast());
+            return;
+        }
+        let r = state.r;
+        let rv = ap_pass_brigade((*r).output_filters, bb);
+        apr_brigade_cleanup(bb.cast());
+        state.passed = true;
+        if rv != APR_SUCCESS as apr_status_t || (*(*r).connection).aborted != 0 {
+            state.gone = true;
+        }
+    }
+}
+
+/// Ends a body that is broken after bytes went out, the way mod_proxy_http does for a
+/// failed backend: an HTTP_BAD_GATEWAY error bucket (the chunk filter then omits the
+/// last-chunk, the error filter drops keep-alive) followed by EOS.
+///
+/// # Safety
+/// `state.r` is live; `bb` is its (empty) output brigade.
+unsafe fn abort(state: &mut State, bb: *mut apr_bucket_brigade) {
+    // SAFETY: as documented above.
+    unsafe {
+        let r = state.r;
+        let c = (*r).connection;
+        (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
+        (*r).no_cache = 1;
+        if state.gone {
+            return;
+        }
+        insert_tail(
+            bb,
+            ap_bucket_error_create(
+                HTTP_BAD_GATEWAY as c_int,
+                std::ptr::null(),
+                (*c).pool,
+                (*c).bucket_alloc,
+            ),
+        );
+        insert_tail(bb, apr_bucket_eos_create((*c).bucket_alloc));
+        pass(state, bb);
+    }
+}

@@ -1,0 +1,287 @@
+"""Apache only: mod_rwsgi as a drop-in for mod_wsgi's configuration. A mod_wsgi-style
+config (Debian's docs: WSGIScriptAlias + <Directory> Require all granted, WSGIPythonPath,
+WSGIPassAuthorization, ...) runs unchanged with only the LoadModule line swapped, and gives
+the application the same environ as mod_wsgi itself; wrong values, daemon mode and loading
+both modules fail `apache2 -t` with the file, the line and a clear reason."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.apache import MODDIR, ApacheServer
+from harness.common import ServerError
+from harness.http import Conn, get, request
+
+MOD_WSGI = Path(MODDIR) / "mod_wsgi.so"
+MOD_WSGI_LINE = f"LoadModule wsgi_module {MOD_WSGI}"
+MODULES = [
+    f"LoadModule alias_module {MODDIR}/mod_alias.so",
+    f"LoadModule env_module {MODDIR}/mod_env.so",
+    f"LoadModule mime_module {MODDIR}/mod_mime.so",
+    "TypesConfig /etc/mime.types",
+]
+
+
+@pytest.fixture
+def apache():
+    created = []
+
+    def factory():
+        s = ApacheServer()
+        s.check_module()
+        created.append(s)
+        return s
+
+    yield factory
+    for s in created:
+        s.stop()
+        s.cleanup()
+
+
+def need_mod_wsgi():
+    if not MOD_WSGI.is_file():
+        pytest.fail(f"{MOD_WSGI} is missing: apt-get install -y libapache2-mod-wsgi-py3 "
+                    "(the side-by-side checks compare with the real mod_wsgi)", pytrace=False)
+
+
+def mod_wsgi_site(s: ApacheServer) -> list[str]:
+    """Site configuration written for mod_wsgi, in the style of its Debian documentation."""
+    run, apps = s.run, s.apps_dir
+    pylib = run / "pylib"
+    pylib.mkdir(exist_ok=True)
+    pylib.chmod(0o755)
+    (apps / "private").mkdir(exist_ok=True)
+    (apps / "private").chmod(0o755)
+    hidden = apps / "private" / "secret.py"
+    hidden.write_bytes((apps / "hello.py").read_bytes())
+    hidden.chmod(0o644)
+    return MODULES + [
+        "<Directory />",
+        "    AllowOverride None",
+        "    Require all denied",
+        "</Directory>",
+        f"<Directory {run}/htdocs>",
+        "    Require all granted",
+        "</Directory>",
+        "",
+        "WSGIRestrictEmbedded Off",
+        f"WSGISocketPrefix {run}/wsgi",
+        "WSGILazyInitialization On",
+        f"WSGIPythonPath {pylib}",
+        "WSGIScriptAlias /myapp " + str(apps / "environ_app.py"),
+        "WSGIScriptAlias /other " + str(apps / "environ_app.py")
+        + " process-group=%{GLOBAL} application-group=%{GLOBAL} callable-object=other",
+        "WSGIScriptAlias /denied " + str(hidden),
+        "WSGIScriptAlias /gone " + str(apps / "no_such_script.wsgi"),
+        # mod_alias maps first, so static files stay static under a WSGI app at "/"
+        "Alias /static " + str(run / "htdocs"),
+        "WSGIScriptAlias / " + str(apps / "hello.py"),
+        "SetEnv APP_SETTING from-setenv",
+        f"<Directory {apps}>",
+        "    WSGIPassAuthorization On",
+        "    WSGIScriptReloading On",
+        "    WSGIChunkedRequest On",
+        "    WSGIMapHEADToGET Auto",
+        "    <Files environ_app.py>",
+        "        Require all granted",
+        "    </Files>",
+        "    <Files hello.py>",
+        "        Require all granted",
+        "    </Files>",
+        "    <Files no_such_script.wsgi>",
+        "        Require all granted",
+        "    </Files>",
+        "</Directory>",
+    ]
+
+
+COMPARED = [
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_URI",
+    "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE", "SERVER_ADDR",
+    "GATEWAY_INTERFACE", "SCRIPT_FILENAME", "DOCUMENT_ROOT", "CONTEXT_PREFIX",
+    "CONTEXT_DOCUMENT_ROOT", "REQUEST_SCHEME", "REMOTE_ADDR", "CONTENT_TYPE", "CONTENT_LENGTH",
+    "HTTP_HOST", "HTTP_X_CUSTOM", "HTTP_AUTHORIZATION", "APP_SETTING",
+    "mod_wsgi.process_group", "mod_wsgi.application_group", "mod_wsgi.callable_object",
+    "mod_wsgi.script_reloading", "mod_wsgi.request_handler",
+    "wsgi.url_scheme", "wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+    "wsgi.input_terminated",
+]
+
+REQUESTS = [
+    ("GET", "/myapp", None, {}),
+    ("GET", "/myapp/", None, {}),
+    ("GET", "/myapp/a/b%20c?x=1&y=%20z", None, {"X-Custom": "v1"}),
+    ("POST", "/myapp/form", b"a=1&b=2", {"Content-Type": "application/x-www-form-urlencoded",
+                                         "Authorization": "Bearer secret-token"}),
+]
+
+
+def observe(s: ApacheServer) -> dict:
+    seen = {}
+    for method, path, body, headers in REQUESTS:
+        r = request(s.port, method, path, body=body, headers=headers)
+        assert r.status == 200, (path, r, s.log_tail())
+        env = json.loads(r.body)
+        # keys one side lacks show up as "<absent>" so a difference is reported
+        seen[f"{method} {path}"] = {k: env.get(k, "<absent>") for k in COMPARED}
+    for path in ["/other", "/static/static.txt", "/denied", "/gone", "/anything/else"]:
+        r = get(s.port, path)
+        seen[path] = (r.status, r.body.decode("latin-1") if r.status == 200 else "")
+    with Conn(s.port) as c:
+        r = c.request("HEAD", "/myapp/head")
+        seen["HEAD"] = (r.status, r.header("Content-Type"), r.body.decode("latin-1"))
+    return seen
+
+
+def normalize(seen: dict, s: ApacheServer) -> dict:
+    """Run-specific values (port, run dir) replaced by placeholders, and each module's
+    banner token ("mod_wsgi/4.9.4", "mod_rwsgi/0.1.0") by one placeholder."""
+    text = json.dumps(seen, sort_keys=True, default=repr)
+    text = text.replace(str(s.run), "<run>").replace(str(s.port), "<port>")
+    text = re.sub(r"mod_r?wsgi/[0-9.]+", "<module>/<version>", text)
+    return json.loads(text)
+
+
+def test_mod_wsgi_config_runs_unchanged_with_the_same_environ(apache):
+    need_mod_wsgi()
+    theirs = apache()
+    site = mod_wsgi_site(theirs)
+    theirs.start_text("\n".join(theirs.base_lines(1, 4, module_line=MOD_WSGI_LINE) + site) + "\n")
+    expected = normalize(observe(theirs), theirs)
+    theirs.stop()
+
+    ours = apache()
+    site = mod_wsgi_site(ours)
+    ours.start_text("\n".join(ours.base_lines(1, 4) + site) + "\n")
+    got = normalize(observe(ours), ours)
+
+    diffs = []
+    for key in expected:
+        if isinstance(expected[key], dict):
+            for k in COMPARED:
+                if expected[key][k] != got[key][k]:
+                    diffs.append(f"{key} {k}: mod_wsgi={expected[key][k]!r} mod_rwsgi={got[key][k]!r}")
+        elif expected[key] != got[key]:
+            diffs.append(f"{key}: mod_wsgi={expected[key]!r} mod_rwsgi={got[key]!r}")
+    assert not diffs, "differences from mod_wsgi:\n" + "\n".join(diffs)
+    # and the facts themselves, not only "same as mod_wsgi"
+    e = got["GET /myapp/a/b%20c?x=1&y=%20z"]
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"]) == ("/myapp", "/a/b c", "x=1&y=%20z")
+    assert got["GET /myapp"]["PATH_INFO"] == ""
+    assert got["POST /myapp/form"]["HTTP_AUTHORIZATION"] == "Bearer secret-token"
+    assert got["GET /myapp"]["APP_SETTING"] == "from-setenv"
+    assert got["GET /myapp"]["mod_wsgi.application_group"] == "127.0.0.1:<port>|/myapp"
+    assert got["/other"][0] == 200 and got["/static/static.txt"] == [200, "static file\n"]
+    assert got["/denied"][0] == 403 and got["/gone"][0] == 404
+    assert got["/anything/else"] == [200, "Hello, world!\n"]
+    assert "mod_rwsgi: every WSGI application group runs in the main Python interpreter" \
+        in ours.error_log()
+    # apache.version: mod_wsgi reports the httpd it was compiled against, mod_rwsgi the
+    # running one
+    env = json.loads(get(ours.port, "/myapp").body)
+    running = re.search(r"Apache/(\d+)\.(\d+)\.(\d+)", env["SERVER_SOFTWARE"]).groups()
+    assert env["apache.version"] == [int(x) for x in running]
+    assert re.search(r"mod_rwsgi/\S+ Python/3\.\d+", env["SERVER_SOFTWARE"]), env["SERVER_SOFTWARE"]
+
+
+def test_authorization_is_withheld_by_default(apache):
+    s = apache()
+    site = [f"WSGIScriptAlias /env {s.apps_dir}/environ_app.py",
+            f"WSGIScriptAlias /pass {s.apps_dir}/environ_app.py pass-authorization=On",
+            f"<Directory {s.run}>\n    Require all granted\n</Directory>"]
+    s.start_text("\n".join(s.base_lines(1, 4) + site) + "\n")
+    auth = {"Authorization": "Basic dXNlcjpwdw==", "Proxy-Authorization": "Basic eA=="}
+    env = json.loads(get(s.port, "/env", headers=auth).body)
+    assert "HTTP_AUTHORIZATION" not in env and "HTTP_PROXY_AUTHORIZATION" not in env
+    env = json.loads(get(s.port, "/pass", headers=auth).body)
+    assert env["HTTP_AUTHORIZATION"] == "Basic dXNlcjpwdw=="
+
+
+def line_of(text: str, needle: str) -> int:
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in the config")
+
+
+BAD = [
+    # (directive lines, needle on the failing line, what the message must say)
+    (["WSGIDaemonProcess site processes=2 threads=15"], "WSGIDaemonProcess",
+     r"daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIProcessGroup site"], "WSGIProcessGroup", r"daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIScriptAlias /p {apps}/hello.py process-group=site"], "process-group=site",
+     r"daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIRestrictEmbedded On"], "WSGIRestrictEmbedded", r"embedded mode"),
+    (["WSGIScriptAlias /x"], "WSGIScriptAlias /x", r"expected a URL path and a script file"),
+    (["WSGIScriptAlias noslash {apps}/hello.py"], "noslash", r"must begin with /"),
+    (["WSGIScriptAlias /t {apps}/hello.py threads=3"], "threads=3", r"unknown option \"threads\""),
+    (["WSGIScriptAlias /t {apps}/hello.py pass-authorization=maybe"], "maybe", r"must be On or Off"),
+    (["WSGIScriptAlias /t {apps}/ "], "WSGIScriptAlias /t", r"is a directory"),
+    (["WSGIScriptAliasMatch ^/(x {apps}/hello.py"], "^/(x", r"could not be compiled"),
+    (["WSGIScriptAliasMatch ^/(\\w+) {apps}/$2.py"], "$2.py", r"refers to \$2 .*1 capture group"),
+    (["WSGIPythonHome /nonexistent/python/home"], "WSGIPythonHome", r"is not a directory"),
+    (["<VirtualHost 127.0.0.1:1>", "WSGIPythonPath /tmp", "</VirtualHost>"], "WSGIPythonPath",
+     r"cannot occur within <VirtualHost>"),
+    (["WSGIPassAuthorization maybe"], "WSGIPassAuthorization", r"must be On or Off"),
+    (["WSGIMapHEADToGET Sometimes"], "WSGIMapHEADToGET", r"Off, On, Auto"),
+    (["WSGIApplicationGroup %{BOGUS}"], "WSGIApplicationGroup", r"unknown application group"),
+    (["WSGICallableObject 1app"], "WSGICallableObject", r"not a Python name"),
+    (["WSGIImportScript {apps}/hello.py application-group=%{NOPE}"], "WSGIImportScript",
+     r"unknown application group"),
+    (["WSGIImportScript {apps}/hello.py process-group=site"], "WSGIImportScript",
+     r"daemon mode is not supported"),
+]
+
+
+@pytest.mark.parametrize("lines,needle,words", BAD, ids=[
+    "daemon-process", "process-group", "alias-process-group", "restrict-embedded",
+    "alias-missing-file", "alias-relative-url", "alias-unknown-option", "alias-bad-flag",
+    "alias-directory", "match-bad-regex", "match-missing-group", "python-home-missing",
+    "python-path-in-vhost", "pass-auth-value", "map-head-value", "app-group-value",
+    "callable-value", "import-group", "import-daemon"])
+def test_wrong_value_fails_config_test(apache, lines, needle, words):
+    s = apache()
+    text = "\n".join(s.base_lines(1, 4) + [f"WSGIScriptAlias /ok {s.apps_dir}/hello.py"]
+                     + [s.expand(x) for x in lines]) + "\n"
+    ok, out = s.check_text(text)
+    assert not ok, f"accepted:\n{out}"
+    line = line_of(text, s.expand(needle))
+    assert re.search(rf"line {line} of {re.escape(str(s.conf_path))}", out), \
+        f"message does not name {s.conf_path} line {line}:\n{out}"
+    assert re.search(words, out), f"message does not say {words!r}:\n{out}"
+
+
+def test_accepted_mod_wsgi_directives_pass_config_test(apache):
+    s = apache()
+    lines = s.base_lines(1, 4) + [
+        f"WSGIScriptAlias /a {s.apps_dir}/hello.py process-group=%{{GLOBAL}} application-group=%{{GLOBAL}}",
+        f"WSGIScriptAliasMatch ^/m/([a-z_]+) {s.apps_dir}/$1.py",
+        f"WSGIImportScript {s.apps_dir}/hello.py process-group=%{{GLOBAL}} application-group=%{{GLOBAL}}",
+        "WSGIProcessGroup %{GLOBAL}", "WSGIApplicationGroup %{RESOURCE}", "WSGICallableObject application",
+        "WSGIRestrictEmbedded Off", "WSGISocketPrefix /var/run/wsgi", "WSGILazyInitialization On",
+        "WSGIChunkedRequest Off", "WSGIScriptReloading Off", "WSGIMapHEADToGET On",
+        "WSGIEnableSendfile On", "WSGIRestrictStdout Off", "WSGIPythonPath /tmp:/srv",
+    ]
+    ok, out = s.check_text("\n".join(lines) + "\n")
+    assert ok, out
+
+
+@pytest.mark.parametrize("order", ["rwsgi-first", "mod_wsgi-first"])
+def test_mod_wsgi_and_mod_rwsgi_together_fail(apache, order):
+    need_mod_wsgi()
+    s = apache()
+    ours = f"LoadModule rwsgi_module {s.module_path}"
+    both = [ours, MOD_WSGI_LINE] if order == "rwsgi-first" else [MOD_WSGI_LINE, ours]
+    lines = s.base_lines(1, 4, module_line="\n".join(both))
+    ok, out = s.check_text("\n".join(lines) + "\n")
+    assert not ok, f"both modules were accepted together:\n{out}"
+    assert re.search(r"mod_wsgi\.c \(wsgi_module\) is loaded too.*load only one of them", out, re.S), out
+    # with a WSGI directive the refusal names its line too
+    lines.append(f"WSGIScriptAlias /a {s.apps_dir}/hello.py")
+    ok, out = s.check_text("\n".join(lines) + "\n")
+    assert not ok and "load only one of them" in out, out
+    with pytest.raises(ServerError):
+        s.start_text("\n".join(lines) + "\n")
