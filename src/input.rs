@@ -61,6 +61,33 @@ impl Buffered {
         out
     }
 
+    /// The rest of the body straight into one bytes object, when nothing is buffered and
+    /// the server knows how much is left (the common `read()` of a whole body).
+    fn read_rest_direct<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<usize>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let Some(left) = self.reader.remaining() else {
+            return Ok(None);
+        };
+        if self.pos < self.buf.len() || size.is_some_and(|n| (n as u64) < left) {
+            return Ok(None);
+        }
+        let reader = &mut self.reader;
+        let bytes = PyBytes::new_with(py, left as usize, |target| {
+            // The new object is not shared yet: filling it without the GIL is safe.
+            py.detach(|| read_full(reader.as_mut(), target))
+                .map_err(|e| {
+                    pyo3::exceptions::PyOSError::new_err(format!(
+                        "error reading the request body: {e}"
+                    ))
+                })
+        })?;
+        self.eof = true;
+        Ok(Some(bytes))
+    }
+
     fn read(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
         while !self.eof && size.is_none_or(|n| self.available().len() < n) {
             self.fill(py)?;
@@ -109,6 +136,20 @@ impl Input {
     }
 }
 
+fn read_full(reader: &mut dyn BodyReader, mut target: &mut [u8]) -> std::io::Result<()> {
+    while !target.is_empty() {
+        let n = reader.read(target)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "request body ended early",
+            ));
+        }
+        target = &mut target[n..];
+    }
+    Ok(())
+}
+
 /// PEP 3333 passes None or a negative number for "no limit".
 fn limit(size: Option<isize>) -> Option<usize> {
     size.filter(|&n| n >= 0).map(|n| n as usize)
@@ -118,8 +159,10 @@ fn limit(size: Option<isize>) -> Option<usize> {
 impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with_state(|s| s.read(py, limit(size)))?;
-        Ok(PyBytes::new(py, &data))
+        self.with_state(|s| match s.read_rest_direct(py, limit(size))? {
+            Some(bytes) => Ok(bytes),
+            None => Ok(PyBytes::new(py, &s.read(py, limit(size))?)),
+        })
     }
 
     #[pyo3(signature = (size = None))]

@@ -19,8 +19,9 @@ pub type Job = Box<dyn FnOnce() + Send>;
 /// Wraps a drain session, e.g. to hold the GIL across the jobs it runs.
 pub type Session = fn(&mut dyn FnMut());
 
-/// How long the queue may make no progress before another thread is woken.
-const STALL_THRESHOLD: Duration = Duration::from_millis(1);
+/// How long the queue may make no progress before another thread is woken: longer than a
+/// small request takes, short enough that a blocked drainer costs little latency.
+const STALL_THRESHOLD: Duration = Duration::from_micros(200);
 /// Monitor tick while there is work; it parks after `MONITOR_IDLE` without any.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 const MONITOR_IDLE: Duration = Duration::from_millis(200);
@@ -104,10 +105,13 @@ impl WorkerPool {
         Ok(())
     }
 
-    /// Wakes a thread when jobs wait and no thread is draining or about to.
+    /// Wakes a thread when jobs wait and no thread is draining or about to, or when the
+    /// drainers have stalled (see the monitor).
     pub fn wake(&self) {
         let mut state = self.shared.lock();
-        let wake = !state.queue.is_empty() && state.running + state.starting == 0 && state.idle > 0;
+        let wake = state.idle > state.starting
+            && state.queue.len() > state.starting
+            && (state.running + state.starting == 0 || state.stalled(Instant::now()));
         if wake {
             state.starting += 1;
         }
@@ -115,6 +119,16 @@ impl WorkerPool {
         if wake {
             self.shared.work.notify_one();
         }
+    }
+}
+
+impl State {
+    /// Jobs wait while no thread has taken one for STALL_THRESHOLD.
+    fn stalled(&self, now: Instant) -> bool {
+        !self.queue.is_empty()
+            && self
+                .last_take
+                .is_none_or(|t| now.duration_since(t) >= STALL_THRESHOLD)
     }
 }
 
@@ -174,18 +188,13 @@ impl Shared {
             if !state.queue.is_empty() || state.running > 0 {
                 last_work = now;
             }
-            if !state.queue.is_empty() {
-                let stalled = state
-                    .last_take
-                    .is_none_or(|t| now.duration_since(t) >= STALL_THRESHOLD);
-                if stalled {
-                    // Threads already woken will take a job each.
-                    let uncovered = state.queue.len().saturating_sub(state.starting);
-                    let wake = state.idle.saturating_sub(state.starting).min(uncovered);
-                    state.starting += wake;
-                    for _ in 0..wake {
-                        self.work.notify_one();
-                    }
+            if state.stalled(now) {
+                // Threads already woken will take a job each.
+                let uncovered = state.queue.len().saturating_sub(state.starting);
+                let wake = state.idle.saturating_sub(state.starting).min(uncovered);
+                state.starting += wake;
+                for _ in 0..wake {
+                    self.work.notify_one();
                 }
             }
             if now.duration_since(last_work) >= MONITOR_IDLE {

@@ -47,12 +47,21 @@ pub enum ExtraValue {
 /// without holding the GIL. Ok(0) means the body is complete.
 pub trait BodyReader: Send {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Bytes left, when the server knows: lets `wsgi.input.read()` fill one bytes object
+    /// directly instead of growing a buffer.
+    fn remaining(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A body that is already in memory.
 impl BodyReader for io::Cursor<Vec<u8>> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         io::Read::read(self, buf)
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        Some((self.get_ref().len() as u64).saturating_sub(self.position()))
     }
 }
 

@@ -1,8 +1,11 @@
 //! The request body nginx has read, as the engine's [`BodyReader`]. nginx keeps small
-//! bodies in memory buffers and spills large ones to a temp file; both are captured on
-//! the event loop (memory copied, the file's descriptor duplicated) so the Python thread
-//! never touches nginx structures.
+//! bodies in memory buffers of the request pool and spills large ones to a temp file.
+//! Memory is read in place (no copy on the event loop): the pool lives until the loop
+//! finishes the request, and every read checks, under the exchange's lock, that it has
+//! not — the app may keep wsgi.input after its request. A temp file is read through a
+//! duplicate of its descriptor, which stays valid whatever nginx does.
 
+use crate::exchange::Exchange;
 use ngx::ffi::*;
 use rwsgi::BodyReader;
 use std::collections::VecDeque;
@@ -10,22 +13,37 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 enum Segment {
-    Memory(Vec<u8>, usize),
-    File { file: File, pos: u64, end: u64 },
+    /// Bytes in the request pool: start, length, read position.
+    Memory(*const u8, usize, usize),
+    File {
+        file: File,
+        pos: u64,
+        end: u64,
+    },
 }
 
 pub struct NginxBody {
     segments: VecDeque<Segment>,
+    remaining: u64,
+    exchange: Arc<Exchange>,
 }
+
+// SAFETY: the raw pointers point into the request pool, which is only freed after the
+// exchange is marked finished; reads take the exchange lock and stop once it is.
+unsafe impl Send for NginxBody {}
 
 impl NginxBody {
     /// Captures `r`'s body; returns it and its length.
     ///
     /// SAFETY: r is a live request whose body nginx has finished reading (we are in the
-    /// body post-handler, on the event loop thread).
-    pub unsafe fn capture(r: *mut ngx_http_request_t) -> io::Result<(NginxBody, u64)> {
+    /// body post-handler, on the event loop thread), and `exchange` belongs to it.
+    pub unsafe fn capture(
+        r: *mut ngx_http_request_t,
+        exchange: Arc<Exchange>,
+    ) -> io::Result<(NginxBody, u64)> {
         let mut segments = VecDeque::new();
         let mut total = 0u64;
         let rb = (*r).request_body;
@@ -50,50 +68,71 @@ impl NginxBody {
                 }
             } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
                 let len = (*b).last.offset_from((*b).pos) as usize;
-                let data = std::slice::from_raw_parts((*b).pos, len).to_vec();
-                segments.push_back(Segment::Memory(data, 0));
+                segments.push_back(Segment::Memory((*b).pos, len, 0));
                 total += len as u64;
             }
             cl = (*cl).next;
         }
-        Ok((NginxBody { segments }, total))
+        let body = NginxBody {
+            segments,
+            remaining: total,
+            exchange,
+        };
+        Ok((body, total))
+    }
+
+    fn read_segment(
+        segment: &mut Segment,
+        buf: &mut [u8],
+        exchange: &Exchange,
+    ) -> io::Result<(usize, bool)> {
+        match segment {
+            Segment::Memory(start, len, pos) => {
+                let state = exchange.lock();
+                if state.finished {
+                    return Err(io::Error::other("the request is over; its body is gone"));
+                }
+                let n = buf.len().min(*len - *pos);
+                // SAFETY: start..start+len is a body buffer in the request pool, alive
+                // because the request is not finished (checked above, lock held).
+                let src = unsafe { std::slice::from_raw_parts(start.add(*pos), n) };
+                buf[..n].copy_from_slice(src);
+                drop(state);
+                *pos += n;
+                Ok((n, *pos == *len))
+            }
+            Segment::File { file, pos, end } => {
+                let want = buf.len().min((*end - *pos) as usize);
+                let n = file.read_at(&mut buf[..want], *pos)?;
+                if n == 0 && want > 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "request body temp file is short",
+                    ));
+                }
+                *pos += n as u64;
+                Ok((n, *pos == *end))
+            }
+        }
     }
 }
 
 impl BodyReader for NginxBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(segment) = self.segments.front_mut() {
-            let n = match segment {
-                Segment::Memory(data, pos) => {
-                    let n = buf.len().min(data.len() - *pos);
-                    buf[..n].copy_from_slice(&data[*pos..*pos + n]);
-                    *pos += n;
-                    n
-                }
-                Segment::File { file, pos, end } => {
-                    let want = buf.len().min((*end - *pos) as usize);
-                    let n = file.read_at(&mut buf[..want], *pos)?;
-                    if n == 0 && want > 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "request body temp file is short",
-                        ));
-                    }
-                    *pos += n as u64;
-                    n
-                }
-            };
-            let done = match segment {
-                Segment::Memory(data, pos) => *pos == data.len(),
-                Segment::File { pos, end, .. } => pos == end,
-            };
+            let (n, done) = Self::read_segment(segment, buf, &self.exchange)?;
             if done {
                 self.segments.pop_front();
             }
+            self.remaining -= n as u64;
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
         }
         Ok(0)
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        Some(self.remaining)
     }
 }

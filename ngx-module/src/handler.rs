@@ -55,7 +55,19 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
-    let (body, body_len) = NginxBody::capture(r).map_err(|e| {
+    // Loop-side context, freed with the request pool.
+    let cln = ngx_pool_cleanup_add((*r).pool, 0);
+    if cln.is_null() {
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    }
+    let exchange = Exchange::new();
+    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, exchange.clone())));
+    exchange.bind(ctx as usize);
+    (*cln).handler = Some(free_ctx);
+    (*cln).data = ctx as *mut c_void;
+    *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
+
+    let (body, body_len) = NginxBody::capture(r, exchange).map_err(|e| {
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
@@ -65,17 +77,6 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
     })?;
     let request = build_request(r, lc, body_len);
-
-    // Loop-side context, freed with the request pool.
-    let cln = ngx_pool_cleanup_add((*r).pool, 0);
-    if cln.is_null() {
-        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    }
-    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, Exchange::new())));
-    (*ctx).exchange.bind(ctx as usize);
-    (*cln).handler = Some(free_ctx);
-    (*cln).data = ctx as *mut c_void;
-    *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
 
     let sink: Arc<dyn ResponseSink> = (*ctx).exchange.clone();
     let traits = worker.traits;
