@@ -19,9 +19,10 @@ pub type Job = Box<dyn FnOnce() + Send>;
 /// Wraps a drain session, e.g. to hold the GIL across the jobs it runs.
 pub type Session = fn(&mut dyn FnMut());
 
-/// How long the queue may make no progress before another thread is woken: longer than a
-/// small request takes, short enough that a blocked drainer costs little latency.
-const STALL_THRESHOLD: Duration = Duration::from_micros(200);
+/// How long the queue may make no progress before another thread is woken. Shorter
+/// values (200 us was tried) misfire on a busy 2-core machine, where a drainer that is
+/// merely preempted looks stalled, and the extra threads then fight over the GIL.
+const STALL_THRESHOLD: Duration = Duration::from_millis(1);
 /// Monitor tick while there is work; it parks after `MONITOR_IDLE` without any.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 const MONITOR_IDLE: Duration = Duration::from_millis(200);
