@@ -35,6 +35,7 @@ pub fn run_request(
     sink: Arc<dyn ResponseSink>,
 ) {
     let head_request = req.method == "HEAD";
+    crate::interpreter::adopt_current_thread();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Python::attach(|py| run_in_python(py, spec, traits, &req, body, &sink, head_request))
     }));

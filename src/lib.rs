@@ -15,6 +15,9 @@ pub mod server;
 pub mod start_response;
 pub mod status;
 
+#[cfg(test)]
+mod proptests;
+
 pub use app::{AppSpec, AppTarget};
 pub use call::{run_request, ServerTraits};
 pub use server::{

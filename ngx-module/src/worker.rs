@@ -99,6 +99,7 @@ unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// A pool thread keeps the GIL while it drains queued requests (see rwsgi::pool).
 fn hold_gil(drain: &mut dyn FnMut()) {
+    rwsgi::interpreter::adopt_current_thread();
     Python::attach(|_| drain());
 }
 
