@@ -7,6 +7,7 @@ under target/demo/ so it touches nothing in /etc. Stop with Ctrl-C.
 import argparse
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -80,10 +81,14 @@ def main():
         cmd = ["apache2", "-f", str(conf), "-DFOREGROUND"]
     print(f"rwsgi demo: {args.server} serving {app} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           flush=True)
+    server = subprocess.Popen(cmd)
+    # Stop the server with us, whether we get Ctrl-C or a plain kill.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     try:
-        sys.exit(subprocess.call(cmd))
+        sys.exit(server.wait())
     except KeyboardInterrupt:
-        pass
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":
