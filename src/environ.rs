@@ -50,6 +50,19 @@ pub fn cgi_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// SCRIPT_NAME and PATH_INFO for a URI under a mount prefix (no trailing slash): the
+/// prefix and the rest when the URI is the prefix or continues with `/`, else no
+/// SCRIPT_NAME and the whole path. `/api/x` under `/api` → (`/api`, `/x`); `/api` →
+/// (`/api`, ``); `/apix` → (``, `/apix`).
+pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let under = uri.starts_with(mount) && (uri.len() == mount.len() || uri[mount.len()] == b'/');
+    if !mount.is_empty() && under {
+        (mount.to_vec(), uri[mount.len()..].to_vec())
+    } else {
+        (Vec::new(), uri.to_vec())
+    }
+}
+
 /// Bytes → str the PEP 3333 way: each byte becomes the code point of the same value.
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
     if bytes.is_ascii() {
@@ -116,6 +129,23 @@ pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> P
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn mounts() {
+        assert_eq!(
+            split_mount(b"/api/x", b"/api"),
+            (b"/api".to_vec(), b"/x".to_vec())
+        );
+        assert_eq!(
+            split_mount(b"/api", b"/api"),
+            (b"/api".to_vec(), b"".to_vec())
+        );
+        assert_eq!(
+            split_mount(b"/apix", b"/api"),
+            (b"".to_vec(), b"/apix".to_vec())
+        );
+        assert_eq!(split_mount(b"/x", b""), (b"".to_vec(), b"/x".to_vec()));
+    }
 
     #[test]
     fn maps_names() {

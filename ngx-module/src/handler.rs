@@ -115,21 +115,12 @@ fn bytes(s: &ngx_str_t) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-/// SCRIPT_NAME and PATH_INFO: the mount prefix when the URI sits under it, else all path.
-pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let under = uri.starts_with(mount) && (uri.len() == mount.len() || uri[mount.len()] == b'/');
-    if !mount.is_empty() && under {
-        (mount.to_vec(), uri[mount.len()..].to_vec())
-    } else {
-        (Vec::new(), uri.to_vec())
-    }
-}
-
 /// SAFETY: r is live and on the event loop.
 unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
     let rr = &*r;
     let c = rr.connection;
-    let (script_name, path_info) = split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
+    let (script_name, path_info) =
+        rwsgi::environ::split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
     let mut headers = Vec::with_capacity(16);
     for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
@@ -189,27 +180,5 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
         content_length: has_body.then_some(body_len),
         input_terminated: true,
         extra,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_mount;
-
-    #[test]
-    fn mounts() {
-        assert_eq!(
-            split_mount(b"/api/x", b"/api"),
-            (b"/api".to_vec(), b"/x".to_vec())
-        );
-        assert_eq!(
-            split_mount(b"/api", b"/api"),
-            (b"/api".to_vec(), b"".to_vec())
-        );
-        assert_eq!(
-            split_mount(b"/apix", b"/api"),
-            (b"".to_vec(), b"/apix".to_vec())
-        );
-        assert_eq!(split_mount(b"/x", b""), (b"".to_vec(), b"/x".to_vec()));
     }
 }
