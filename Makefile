@@ -46,10 +46,11 @@ demo: build
 	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
 
 test-rust: deps $(NGINX_SRC)/objs/Makefile
-	cargo test --release -p rwsgi
+	cargo test --release -p rwsgi -p mod_rwsgi
 
 test-servers: build
 	$(VENV)/bin/pytest -q tests
+	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side'
 
 test: build test-rust test-servers
 

@@ -8,6 +8,10 @@ loading its rwsgi module, started on 127.0.0.1 with generated configs.
   config or that stop / reload it; stopped after the test.
 - `new_server()`: an unstarted server object (for config checks).
 
+RWSGI_VALIDATE=1 runs every mounted app behind wsgiref.validate.validator (see
+harness/validate.py for what stays unwrapped and why); a test during which the validator
+complained on any server fails, unless it is marked `validator_complaints`.
+
 A missing module file fails the tests of that server with a clear message: no skips.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.apache import ApacheServer  # noqa: E402
 from harness.common import Mount, ServerError  # noqa: E402
 from harness.nginx import NginxServer  # noqa: E402
+from harness import validate  # noqa: E402
 
 SERVERS = {"nginx": NginxServer, "apache": ApacheServer}
 KINDS = list(SERVERS)
@@ -132,8 +137,41 @@ def _no_worker_crash(request):
         pytest.fail("worker crash during the test:\n" + "\n".join(found[:10]), pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _validator_clean(request):
+    """RWSGI_VALIDATE=1: fails the test if wsgiref.validate complained about a request
+    made during it (on any server, including dedicated ones already cleaned up)."""
+    if not validate.ENABLED:
+        yield
+        return
+    earlier = validate.take()
+    yield
+    found = validate.take()
+    if request.node.get_closest_marker("validator_complaints"):
+        found = []
+    if earlier:
+        found = [f"(recorded before this test started) {l}" for l in earlier] + found
+    if found:
+        pytest.fail("wsgiref.validate complained:\n" + "\n".join(found[:20]), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Complaints recorded after the last test (e.g. while the shared servers stopped)."""
+    if not validate.ENABLED:
+        return
+    late = validate.take()
+    if late:
+        session.config.get_terminal_writer().line(
+            "wsgiref.validate complained after the last test:\n" + "\n".join(late[:20]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "crashes_worker: the test kills a worker on purpose")
+    config.addinivalue_line("markers", "validator_complaints: the test provokes wsgiref.validate "
+                                       "complaints on purpose (and checks them itself)")
+    config.addinivalue_line("markers", "server_side: lifecycle / config / abuse cases, left out "
+                                       "of the validated pass (RWSGI_VALIDATE=1)")
     config.addinivalue_line("markers", "only(kind): the case exists for one server only "
                                        "(a directive or behaviour the other does not have)")
 

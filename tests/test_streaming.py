@@ -3,6 +3,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from harness.common import wait_until
 from harness.http import Conn, build_request, get, timed_stream
 
@@ -146,3 +148,24 @@ def test_large_streamed_response_integrity(server):
         assert r.body[:65536] == piece and r.body[65536:131072] == piece
         r2 = c.request("GET", "/hello")
         assert r2.body == b"Hello, world!\n"
+
+
+@pytest.mark.parametrize("path", ["/stream/big?total=1048576&chunk=65536&token={t}",
+                                  "/stream/chunks?n=40000&token={t}"],
+                         ids=["content-length", "chunked"])
+def test_head_of_large_streamed_response(server, path):
+    """HEAD of a streamed response far larger than the server's output buffers: no body
+    goes out, yet the request must finish: the app's iteration ends (run to completion or
+    closed), no Python thread stays blocked, and the keep-alive connection answers the
+    next request. (Small HEAD responses: test_basic.test_head_runs_app_sends_no_body.)"""
+    token = uuid.uuid4().hex
+    with Conn(server.port, timeout=5) as c:
+        r = c.request("HEAD", path.format(t=token))
+        assert r.status == 200 and r.body == b""
+        if "big" in path:
+            assert r.content_length == 1 << 20
+            assert server.wait_marker(token + ".done", 5) is not None, (
+                "the app is still blocked in its HEAD response after 5 s (made it to "
+                f"{server.marker(token + '.progress').read_text()} bytes)")
+        r2 = c.request("GET", "/hello")
+        assert r2.status == 200 and r2.body == b"Hello, world!\n"

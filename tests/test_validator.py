@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from harness import validate
+from harness.common import Mount, wait_until
 from harness.http import Conn, get, request
 
 VIOLATION = r"AssertionError|WSGIWarning"
@@ -59,3 +61,39 @@ def test_validator_stream_write_files_head(server):
         r = c.request("GET", "/v/hello", version="HTTP/1.0")
         assert r.status == 200
     check_clean(server, mark)
+
+
+# -- the RWSGI_VALIDATE switch (harness/validate.py) --
+
+def test_validate_switch_wraps_the_apps(server):
+    """With RWSGI_VALIDATE=1 the suite's mounts run behind wsgiref.validate: the app sees
+    the validator's wsgi.input / wsgi.errors wrappers; without it, the server's objects."""
+    env = json.loads(get(server.port, "/env/x").body)
+    wrapped = (env["wsgi.input"], env["wsgi.errors"]) == ("<_InputWrapper>", "<ErrorWrapper>")
+    assert wrapped == validate.ENABLED, (env["wsgi.input"], env["wsgi.errors"])
+    if not validate.ENABLED:
+        assert env["wsgi.input"] == "<Input>"
+
+
+@pytest.mark.validator_complaints
+def test_validator_complaints_are_recorded(make_server):
+    """A mount forced behind the validator (Mount.validate=True: no route bypassed)
+    records each complaint with its request, and the harness hands them to the check
+    that fails tests; a conformant request records nothing."""
+    s = make_server([Mount("/lint", "errors_app.py", validate=True),
+                     Mount("/ok", "hello.py", validate=True)])
+    r = get(s.port, "/ok")
+    assert r.status == 200 and r.body == b"Hello, world!\n"
+    r = get(s.port, "/lint/cl_exact")
+    assert r.status == 200 and r.body == b"hello world"
+    assert s.validator_complaints() == ""
+    assert get(s.port, "/lint/returns_none").status == 500
+    assert get(s.port, "/lint/header_space_name").status == 500
+    log = wait_until(lambda: (lambda t: t if t.count("\n") >= 2 else None)(
+        s.validator_complaints()), 5)
+    assert log, s.validator_complaints()
+    lines = log.splitlines()
+    assert any("GET /lint/returns_none" in l and "must return an iterator" in l for l in lines), log
+    assert any("GET /lint/header_space_name" in l and "Bad header name" in l for l in lines), log
+    found = validate.take()
+    assert sum(s.run.name in l for l in found) == len(lines), found

@@ -98,6 +98,7 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
     let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
     let mut bytes = 0usize;
     let mut final_event = None;
+    let mut dropped = 0usize;
     let mut failed = (*c).error() != 0;
 
     for event in events {
@@ -136,7 +137,9 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
                 append(&mut tail, r, b);
                 last_buf = b;
             }
-            OutputEvent::Data(_) | OutputEvent::File { .. } => {} // HEAD: no body
+            // HEAD: no body goes out, but the thread counted these bytes as unsent.
+            OutputEvent::Data(data) => dropped += data.len(),
+            OutputEvent::File { .. } => {}
             final_ @ (OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)) => {
                 final_event = Some(final_);
                 break;
@@ -146,6 +149,9 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
 
     if failed {
         ctx.exchange.mark_gone();
+    }
+    if dropped > 0 {
+        ctx.exchange.acknowledge(dropped);
     }
     let mut rc = NGX_OK as ngx_int_t;
     if !failed && (!chain.is_null() || matches!(final_event, Some(OutputEvent::End))) {

@@ -144,7 +144,7 @@ class ApacheServer(Server):
     def start(self, mounts: list[Mount], **opts):
         self.check_module()
         self.mounts, self.opts = list(mounts), dict(opts)
-        self.write_conf(mounts, **opts)
+        self.write_conf(self.served_mounts(mounts), **opts)
         # Output must go to files: apache keeps a pipe open and the reader would hang.
         out = open(self.run / "apache.stdout", "ab")
         self.proc = subprocess.Popen([APACHE, "-f", str(self.conf_path), "-DFOREGROUND"],
@@ -175,7 +175,8 @@ class ApacheServer(Server):
     def reload(self, mounts: list[Mount] | None = None, wait: bool = True, **opts):
         """Graceful restart (SIGUSR1), optionally with a new config; waits for new children."""
         if mounts is not None or opts:
-            self.write_conf(mounts if mounts is not None else self.mounts, **(opts or self.opts))
+            self.write_conf(self.served_mounts(mounts if mounts is not None else self.mounts),
+                            **(opts or self.opts))
         old = set(self.worker_pids())
         self.signal(signal.SIGUSR1)
         if wait:

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ class Mount:
     `params`: extra environ keys (nginx `wsgi_param`, values may hold nginx variables).
     `max_body`: request body limit in bytes for this mount (413 above).
     `extra`: raw server-specific config lines for the mount's location block.
+    `validate`: run the app behind wsgiref.validate: None follows RWSGI_VALIDATE (see
+    harness/validate.py), True always (every route), False never.
     """
 
     prefix: str
@@ -40,6 +43,7 @@ class Mount:
     script_name: str | None = None
     max_body: int | None = None
     extra: list[str] = dataclasses.field(default_factory=list)
+    validate: bool | None = None
 
 
 def free_port() -> int:
@@ -101,6 +105,17 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):
         time.sleep(interval)
 
 
+def self_signed_cert(run: Path, cn: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed RSA certificate valid for a day: (cert.pem, key.pem) in `run`."""
+    cert, key = run / "cert.pem", run / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    cert.chmod(0o644)
+    key.chmod(0o600)  # read by the nginx master (root) only
+    return cert, key
+
+
 def make_rundir(kind: str) -> Path:
     """A fresh run dir under /tmp readable by the unprivileged worker user, with the test
     apps, a data dir and a world-writable markers dir (apps record close() etc. there)."""
@@ -148,6 +163,9 @@ class Server:
         self.mounts: list[Mount] = []
         self.opts: dict = {}
         self.started = False
+        self.validator_offset = 0  # bytes of markers/validator.log already reported
+        from . import validate
+        validate.LIVE.append(self)
 
     # -- paths and URLs -------------------------------------------------------------
     @property
@@ -171,7 +189,8 @@ class Server:
         return self.run / "access.log"
 
     def url(self, path: str = "/") -> str:
-        return f"http://{HOST}:{self.port}{path}"
+        scheme = "https" if self.opts.get("ssl") else "http"
+        return f"{scheme}://{HOST}:{self.port}{path}"
 
     def script_path(self, mount: Mount) -> str:
         assert mount.script is not None
@@ -262,7 +281,25 @@ class Server:
         """Runs the server's config test on a generated config; (ok, output)."""
         raise NotImplementedError
 
+    def served_mounts(self, mounts: list[Mount]) -> list[Mount]:
+        """The mounts as configured: behind wsgiref.validate where harness/validate.py
+        says so (RWSGI_VALIDATE=1)."""
+        from . import validate
+        return validate.wrap_mounts(self, mounts)
+
+    def validator_complaints(self) -> str:
+        """Everything the validator wrapper recorded on this server so far."""
+        from . import validate
+        try:
+            return (self.markers / validate.LOG_NAME).read_text()
+        except FileNotFoundError:
+            return ""
+
     def cleanup(self):
+        from . import validate
+        validate.collect(self)  # complaints must outlive the run dir
+        if self in validate.LIVE:
+            validate.LIVE.remove(self)
         if os.environ.get("RWSGI_KEEP_RUNDIR"):
             return
         shutil.rmtree(self.run, ignore_errors=True)

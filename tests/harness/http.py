@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import ssl
 import time
 
 from .common import HOST
@@ -53,15 +54,27 @@ class Closed(Exception):
     pass
 
 
-class Conn:
-    """One client connection to 127.0.0.1:port with a read buffer."""
+def tls_context() -> ssl.SSLContext:
+    """A client context for the tests' self-signed certificates: no verification."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
-    def __init__(self, port: int, timeout: float = TIMEOUT, rcvbuf: int | None = None):
+
+class Conn:
+    """One client connection to 127.0.0.1:port with a read buffer (`tls`: over TLS,
+    certificate not verified)."""
+
+    def __init__(self, port: int, timeout: float = TIMEOUT, rcvbuf: int | None = None,
+                 tls: bool = False):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect((HOST, port))
+        if tls:
+            self.sock = tls_context().wrap_socket(self.sock, server_hostname="localhost")
         self.port = port
         self.buf = b""
         self.eof = False
@@ -260,12 +273,13 @@ def encode_chunked(body: bytes, size: int = 7000) -> bytes:
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
             headers: dict | list | None = None, version: str = "HTTP/1.1",
-            chunked: bool = False, timeout: float = TIMEOUT, host: str | None = None) -> Response:
+            chunked: bool = False, timeout: float = TIMEOUT, host: str | None = None,
+            tls: bool = False) -> Response:
     """One request on a fresh connection (Connection: close unless given)."""
     hs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     if version == "HTTP/1.1" and not any(k.lower() == "connection" for k, _ in hs):
         hs.append(("Connection", "close"))
-    with Conn(port, timeout) as c:
+    with Conn(port, timeout, tls=tls) as c:
         c.send(build_request(method, path, body, hs, version, host or f"{HOST}:{port}", chunked))
         return c.read_response(method)
 
@@ -274,9 +288,10 @@ def get(port, path, **kw) -> Response:
     return request(port, "GET", path, **kw)
 
 
-def timed_stream(port: int, path: str, timeout: float = TIMEOUT) -> tuple[float, list[tuple[float, bytes]]]:
+def timed_stream(port: int, path: str, timeout: float = TIMEOUT,
+                 tls: bool = False) -> tuple[float, list[tuple[float, bytes]]]:
     """Sends a GET and returns (t0, [(arrival time, raw bytes)...]) until EOF."""
-    with Conn(port, timeout) as c:
+    with Conn(port, timeout, tls=tls) as c:
         t0 = time.monotonic()
         c.send(build_request("GET", path, None, [("Connection", "close")], host=f"{HOST}:{port}"))
         arrivals = []

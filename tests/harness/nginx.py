@@ -34,7 +34,9 @@ class NginxServer(Server):
     def render(self, mounts: list[Mount], workers: int = 1, threads: int | None = None,
                max_queue: int | None = None, python_home: str | None = None,
                http_extra: list[str] = (), server_extra: list[str] = (),
-               max_body: int = 64 << 20, **unknown) -> str:
+               max_body: int = 64 << 20, ssl: bool = False, **unknown) -> str:
+        """`ssl`: the listener speaks TLS with {run}/cert.pem and {run}/key.pem (see
+        common.self_signed_cert)."""
         if unknown:
             raise TypeError(f"unknown nginx options {sorted(unknown)}")
         r = self.run
@@ -74,7 +76,11 @@ class NginxServer(Server):
                 body.append(f"client_max_body_size {m.max_body};")
             body.extend(self.expand(x) for x in m.extra)
             locations.append(f"location {m.prefix} {{\n            " + "\n            ".join(body) + "\n        }")
-        server = [f"listen {HOST}:{self.port};", "server_name localhost;"]
+        if ssl:
+            server = [f"listen {HOST}:{self.port} ssl;", "server_name localhost;",
+                      f"ssl_certificate {r}/cert.pem;", f"ssl_certificate_key {r}/key.pem;"]
+        else:
+            server = [f"listen {HOST}:{self.port};", "server_name localhost;"]
         server.extend(self.expand(x) for x in server_extra)
         return (
             f"load_module {self.module_path};\n"
@@ -102,7 +108,7 @@ class NginxServer(Server):
     def start(self, mounts: list[Mount], **opts):
         self.check_module()
         self.mounts, self.opts = list(mounts), dict(opts)
-        self.write_conf(mounts, **opts)
+        self.write_conf(self.served_mounts(mounts), **opts)
         p = subprocess.run([NGINX, "-p", str(self.run), "-c", str(self.conf_path)],
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
@@ -124,7 +130,8 @@ class NginxServer(Server):
     def reload(self, mounts: list[Mount] | None = None, wait: bool = True, **opts):
         """`nginx -s reload` (optionally with a new config); waits for new workers."""
         if mounts is not None or opts:
-            self.write_conf(mounts if mounts is not None else self.mounts, **(opts or self.opts))
+            self.write_conf(self.served_mounts(mounts if mounts is not None else self.mounts),
+                            **(opts or self.opts))
         old = set(self.worker_pids())
         p = subprocess.run([NGINX, "-s", "reload", "-p", str(self.run), "-c", str(self.conf_path)],
                            capture_output=True, text=True, timeout=60)
