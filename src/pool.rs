@@ -19,10 +19,12 @@ pub type Job = Box<dyn FnOnce() + Send>;
 /// Wraps a drain session, e.g. to hold the GIL across the jobs it runs.
 pub type Session = fn(&mut dyn FnMut());
 
-/// How long the queue may make no progress before another thread is woken. Shorter
-/// values (200 us was tried) misfire on a busy 2-core machine, where a drainer that is
-/// merely preempted looks stalled, and the extra threads then fight over the GIL.
-const STALL_THRESHOLD: Duration = Duration::from_millis(1);
+/// How long the queue may make no progress before another thread is woken: well above
+/// what a small request takes (tens of microseconds), so a busy drainer is not mistaken
+/// for a blocked one. Measured on 2 cores: 1 ms cost the 10 ms-sleep benchmark 4%
+/// against 500 us; 200 us misfired under CPU contention (a merely preempted drainer
+/// looked stalled and the woken threads fought over the GIL).
+const STALL_THRESHOLD: Duration = Duration::from_micros(500);
 /// Monitor tick while there is work; it parks after `MONITOR_IDLE` without any.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 const MONITOR_IDLE: Duration = Duration::from_millis(200);
