@@ -15,11 +15,18 @@ const MAX_READ: usize = 64 * 1024;
 
 pub struct ApacheBody {
     live: Arc<Live>,
+    /// The Content-Length of a body that is not chunked: HTTP_IN delivers exactly that.
+    declared: Option<u64>,
+    consumed: u64,
 }
 
 impl ApacheBody {
-    pub fn new(live: Arc<Live>) -> ApacheBody {
-        ApacheBody { live }
+    pub fn new(live: Arc<Live>, declared: Option<u64>) -> ApacheBody {
+        ApacheBody {
+            live,
+            declared,
+            consumed: 0,
+        }
     }
 }
 
@@ -28,7 +35,8 @@ impl rwsgi::BodyReader for ApacheBody {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.live
+        let n = self
+            .live
             // SAFETY: State::r is live while the state is (the handler retires it first).
             .with(|state| unsafe { read_into(state, buf) })
             .unwrap_or_else(|| {
@@ -36,7 +44,13 @@ impl rwsgi::BodyReader for ApacheBody {
                     io::ErrorKind::BrokenPipe,
                     "the request is already finished",
                 ))
-            })
+            })?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        self.declared.map(|d| d.saturating_sub(self.consumed))
     }
 }
 

@@ -141,7 +141,10 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
         let req = request::build(r, &settings, &target);
 
         let live = Arc::new(Live::new(r, sendfile));
-        let body = Box::new(ApacheBody::new(live.clone()));
+        // A length to read into one buffer, only when the body is not chunked.
+        let chunked = !apr_table_get((*r).headers_in, c"Transfer-Encoding".as_ptr()).is_null();
+        let declared = if chunked { None } else { req.content_length };
+        let body = Box::new(ApacheBody::new(live.clone(), declared));
         let sink = Arc::new(ApacheSink::new(live.clone()));
         rwsgi::run_request(&spec, traits, req, body, sink);
 
