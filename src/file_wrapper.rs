@@ -4,9 +4,8 @@
 //! consumes the iterable itself.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 
 #[pyclass(frozen, module = "rwsgi", name = "FileWrapper")]
 pub struct FileWrapper {
@@ -59,7 +58,8 @@ impl FileWrapper {
     pub fn file_span(&self, py: Python<'_>) -> Option<FileSpan> {
         let f = self.filelike.bind(py);
         let fd: i32 = f.call_method0("fileno").ok()?.extract().ok()?;
-        // Flush Python-level buffering so the descriptor's view matches the object's.
+        // The object's logical position (it accounts for Python-level buffering); the
+        // server sends from there with explicit offsets, whatever the descriptor's own.
         let offset: u64 = f.call_method0("tell").ok()?.extract().ok()?;
         // SAFETY: fd is a descriptor the file-like owns and keeps open; dup gives us our
         // own descriptor that lives as long as the returned File, whatever the app does.
@@ -74,12 +74,6 @@ impl FileWrapper {
             return None;
         }
         let len = meta.len().saturating_sub(offset);
-        debug_assert!(file.as_raw_fd() >= 0);
         Some(FileSpan { file, offset, len })
     }
-}
-
-/// Reads bytes from a block returned by a file-like (bytes or anything exposing bytes).
-pub fn block_bytes<'py>(block: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-    Ok(block.cast::<PyBytes>()?.clone())
 }
