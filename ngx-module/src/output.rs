@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 /// How often the guard timer fires while Python holds a request.
 const GUARD_INTERVAL_MS: ngx_msec_t = 5_000;
+/// A request still in Python after this many guard intervals is logged, then again as
+/// often: a stuck app shows in the error log instead of silently holding a thread.
+const GUARD_REPORT_EVERY: u32 = 12;
 
 /// Loop-side state of one request, owned by the request pool (freed with the request).
 pub struct RequestCtx {
@@ -26,6 +29,8 @@ pub struct RequestCtx {
     pub guard: ngx_event_t,
     /// r->main->blocked was raised for the thread (keeps nginx from freeing r under it).
     pub blocked: bool,
+    /// Guard timer firings so far.
+    guard_ticks: u32,
     /// Events whose memory (bytes, files) nginx may still be sending.
     holding: Vec<OutputEvent>,
     holding_bytes: usize,
@@ -41,6 +46,7 @@ impl RequestCtx {
             // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
             guard: unsafe { std::mem::zeroed() },
             blocked: false,
+            guard_ticks: 0,
             holding: Vec::new(),
             holding_bytes: 0,
             done: false,
@@ -331,6 +337,16 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
         let ctx = &mut *((*ev).data as *mut RequestCtx);
         if (*(*ctx.r).connection).error() != 0 {
             ctx.exchange.mark_gone();
+        }
+        ctx.guard_ticks += 1;
+        if ctx.guard_ticks.is_multiple_of(GUARD_REPORT_EVERY) {
+            let seconds = u64::from(ctx.guard_ticks) * GUARD_INTERVAL_MS as u64 / 1000;
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                (*ev).log,
+                "wsgi: request still held by its Python thread after {} s",
+                seconds
+            );
         }
         ngx_add_timer(ev, GUARD_INTERVAL_MS);
     })
