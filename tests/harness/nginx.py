@@ -34,7 +34,8 @@ class NginxServer(Server):
     def render(self, mounts: list[Mount], workers: int = 1, threads: int | None = None,
                max_queue: int | None = None, python_home: str | None = None,
                http_extra: list[str] = (), server_extra: list[str] = (),
-               max_body: int = 64 << 20, ssl: bool = False, **unknown) -> str:
+               max_body: int = 64 << 20, ssl: bool = False, http2: bool = False,
+               **unknown) -> str:
         """`ssl`: the listener speaks TLS with {run}/cert.pem and {run}/key.pem (see
         common.self_signed_cert)."""
         if unknown:
@@ -79,6 +80,9 @@ class NginxServer(Server):
         if ssl:
             server = [f"listen {HOST}:{self.port} ssl;", "server_name localhost;",
                       f"ssl_certificate {r}/cert.pem;", f"ssl_certificate_key {r}/key.pem;"]
+        elif http2:
+            # HTTP/2 over cleartext (prior knowledge), as `curl --http2-prior-knowledge` speaks it.
+            server = [f"listen {HOST}:{self.port} http2;", "server_name localhost;"]
         else:
             server = [f"listen {HOST}:{self.port};", "server_name localhost;"]
         server.extend(self.expand(x) for x in server_extra)
