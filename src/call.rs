@@ -1,6 +1,8 @@
 //! Runs one request through a WSGI app: builds the environ, calls the app, walks the
 //! returned iterable into the [`ResponseSink`], calls close() on every path, and turns
-//! failures into a 500 (nothing sent yet) or an aborted body (something sent).
+//! failures into a 500 (nothing sent yet) or an aborted body (something sent). A server
+//! that can hold a response for a slow client ([`ResponseSink::offer`]) gets the app's
+//! iterator back as a [`Parked`] response instead of a blocked thread.
 
 use crate::app::{format_error, get_app, AppSpec};
 use crate::environ::{environ_template, fill_environ};
@@ -8,12 +10,12 @@ use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
 use crate::input::Input;
 use crate::response::{Response, Stop};
-use crate::server::{BodyReader, LogLevel, OutputEvent, Request, ResponseSink};
+use crate::server::{BodyReader, Flow, LogLevel, OutputEvent, Request, ResponseSink};
 use crate::start_response::{stop_error, StartResponse};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
 use std::sync::Arc;
 
 /// Facts about the hosting server that every environ carries.
@@ -25,26 +27,70 @@ pub struct ServerTraits {
 
 static TEMPLATE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
-/// Runs the request to completion on the calling thread, which must not hold the GIL.
-/// Exactly one final event (End, Abort or Fail) reaches `sink`, whatever happens.
+/// Runs the request on the calling thread, which must not hold the GIL, until it is
+/// complete — exactly one final event (End, Abort or Fail) then reached `sink`, whatever
+/// happened — or until the sink is full ([`Flow::Full`]): then the response comes back
+/// parked, and the server calls [`Parked::resume`] once the client has caught up.
 pub fn run_request(
     spec: &AppSpec,
     traits: ServerTraits,
     req: Request,
     body: Box<dyn BodyReader>,
     sink: Arc<dyn ResponseSink>,
-) {
+) -> Option<Parked> {
     let head_request = req.method == "HEAD";
-    crate::interpreter::adopt_current_thread();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    guarded(&sink, || {
         Python::attach(|py| run_in_python(py, spec, traits, &req, body, &sink, head_request))
-    }));
-    if outcome.is_err() {
-        sink.log(
-            LogLevel::Error,
-            "rwsgi: internal error while running the application",
-        );
-        let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
+    })
+}
+
+/// Runs Python work; a panic becomes a 500 (or a broken body) instead of a lost request.
+fn guarded(sink: &Arc<dyn ResponseSink>, work: impl FnOnce() -> Option<Parked>) -> Option<Parked> {
+    crate::interpreter::adopt_current_thread();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(parked) => parked,
+        Err(_) => {
+            sink.log(
+                LogLevel::Error,
+                "rwsgi: internal error while running the application",
+            );
+            let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
+            None
+        }
+    }
+}
+
+/// A streamed response waiting for a slow client: the app's iterator and everything
+/// needed to go on. Holds no thread and no GIL.
+pub struct Parked {
+    context: String,
+    sink: Arc<dyn ResponseSink>,
+    start_response: Py<StartResponse>,
+    iterable: Py<PyAny>,
+    iterator: Py<PyIterator>,
+}
+
+impl Parked {
+    /// Goes on walking the body on the calling thread (which must not hold the GIL);
+    /// returns the response parked again if the client fell behind again.
+    pub fn resume(self) -> Option<Parked> {
+        let sink = self.sink.clone();
+        guarded(&sink, move || {
+            Python::attach(|py| {
+                let start_response = self.start_response.bind(py).clone();
+                let iterable = self.iterable.bind(py).clone();
+                let iterator = self.iterator.bind(py).clone();
+                let outcome = continue_body(py, &start_response, &iterable, Some(iterator));
+                conclude(
+                    py,
+                    &self.context,
+                    &self.sink,
+                    &start_response,
+                    &iterable,
+                    outcome,
+                )
+            })
+        })
     }
 }
 
@@ -56,7 +102,7 @@ fn run_in_python(
     body: Box<dyn BodyReader>,
     sink: &Arc<dyn ResponseSink>,
     head_request: bool,
-) {
+) -> Option<Parked> {
     let start_response = match Bound::new(
         py,
         StartResponse::new(Response::new(sink.clone(), head_request)),
@@ -65,16 +111,58 @@ fn run_in_python(
         Err(e) => {
             log_exception(py, sink, "creating start_response", &e);
             let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
-            return;
+            return None;
         }
     };
-    let failed = match call_app(py, spec, traits, req, body, sink, &start_response) {
-        Ok(()) => false,
+    let context = spec.describe();
+    match call_app(py, spec, traits, req, body, sink, &start_response) {
+        Ok(iterable) => {
+            let outcome = continue_body(py, &start_response, &iterable, None);
+            conclude(py, &context, sink, &start_response, &iterable, outcome)
+        }
         Err(e) => {
-            log_exception(py, sink, &spec.describe(), &e);
+            log_exception(py, sink, &context, &e);
+            finish(py, sink, &start_response, true);
+            None
+        }
+    }
+}
+
+/// After a stretch of body: park, or log what went wrong and send the final event.
+fn conclude(
+    py: Python<'_>,
+    context: &str,
+    sink: &Arc<dyn ResponseSink>,
+    start_response: &Bound<'_, StartResponse>,
+    iterable: &Bound<'_, PyAny>,
+    outcome: PyResult<Option<Bound<'_, PyIterator>>>,
+) -> Option<Parked> {
+    let failed = match outcome {
+        Ok(Some(iterator)) => {
+            return Some(Parked {
+                context: context.to_string(),
+                sink: sink.clone(),
+                start_response: start_response.clone().unbind(),
+                iterable: iterable.clone().unbind(),
+                iterator: iterator.unbind(),
+            })
+        }
+        Ok(None) => false,
+        Err(e) => {
+            log_exception(py, sink, context, &e);
             true
         }
     };
+    finish(py, sink, start_response, failed);
+    None
+}
+
+fn finish(
+    py: Python<'_>,
+    sink: &Arc<dyn ResponseSink>,
+    start_response: &Bound<'_, StartResponse>,
+    failed: bool,
+) {
     let locked = start_response.get().lock();
     match locked {
         Ok(mut response) => response.finish(py, failed),
@@ -88,15 +176,15 @@ fn run_in_python(
     };
 }
 
-fn call_app(
-    py: Python<'_>,
+fn call_app<'py>(
+    py: Python<'py>,
     spec: &AppSpec,
     traits: ServerTraits,
     req: &Request,
     body: Box<dyn BodyReader>,
     sink: &Arc<dyn ResponseSink>,
-    start_response: &Bound<'_, StartResponse>,
-) -> PyResult<()> {
+    start_response: &Bound<'py, StartResponse>,
+) -> PyResult<Bound<'py, PyAny>> {
     let app = get_app(py, spec)?;
     let template = TEMPLATE.get_or_try_init(py, || {
         let file_wrapper = py.get_type::<FileWrapper>();
@@ -119,10 +207,25 @@ fn call_app(
         Bound::new(py, ErrorStream::new(sink.clone()))?,
     )?;
 
-    let iterable = app.call1((environ, start_response))?;
-    let sent = send_body(py, start_response, &iterable);
-    let closed = close_iterable(py, &iterable);
-    sent.and(closed)
+    app.call1((environ, start_response))
+}
+
+/// Walks (more of) the body; returns the iterator when the client fell behind, else
+/// calls close() (on every path, as PEP 3333 requires) and returns None.
+fn continue_body<'py>(
+    py: Python<'py>,
+    start_response: &Bound<'py, StartResponse>,
+    iterable: &Bound<'py, PyAny>,
+    iterator: Option<Bound<'py, PyIterator>>,
+) -> PyResult<Option<Bound<'py, PyIterator>>> {
+    let sent = match walk_body(py, start_response, iterable, iterator) {
+        Ok(Some(iterator)) => return Ok(Some(iterator)),
+        Ok(None) | Err(BodyError::Stop(Stop::ClientGone | Stop::Overrun)) => Ok(()),
+        Err(BodyError::Stop(stop)) => Err(stop_error(stop)),
+        Err(BodyError::Python(e)) => Err(e),
+    };
+    let closed = close_iterable(py, iterable);
+    sent.and(closed).map(|()| None)
 }
 
 /// Calls the iterable's close(), as PEP 3333 requires on every path.
@@ -136,20 +239,6 @@ fn close_iterable(py: Python<'_>, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
         iterable.call_method0(close)?;
     }
     Ok(())
-}
-
-/// Walks the body into the response. A client that left ends the walk without error.
-fn send_body(
-    py: Python<'_>,
-    start_response: &Bound<'_, StartResponse>,
-    iterable: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let outcome = walk_body(py, start_response, iterable);
-    match outcome {
-        Ok(()) | Err(BodyError::Stop(Stop::ClientGone | Stop::Overrun)) => Ok(()),
-        Err(BodyError::Stop(stop)) => Err(stop_error(stop)),
-        Err(BodyError::Python(e)) => Err(e),
-    }
 }
 
 enum BodyError {
@@ -169,17 +258,24 @@ impl From<Stop> for BodyError {
     }
 }
 
-fn walk_body(
-    py: Python<'_>,
-    start_response: &Bound<'_, StartResponse>,
-    iterable: &Bound<'_, PyAny>,
-) -> Result<(), BodyError> {
+/// Walks the body into the response: from the start when `iterator` is None, else on
+/// from a parked iterator. Some(iterator) when the sink is full and the walk can wait.
+fn walk_body<'py>(
+    py: Python<'py>,
+    start_response: &Bound<'py, StartResponse>,
+    iterable: &Bound<'py, PyAny>,
+    iterator: Option<Bound<'py, PyIterator>>,
+) -> Result<Option<Bound<'py, PyIterator>>, BodyError> {
     let sr = start_response.get();
+    if let Some(iterator) = iterator {
+        return walk_iterator(py, sr, iterator);
+    }
     if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
         if let Some(span) = wrapper.get().file_span(py) {
             let mut response = sr.lock()?;
             response.push_file(span.file, span.offset, span.len)?;
-            return Ok(response.flush(py)?);
+            response.flush(py)?;
+            return Ok(None);
         }
     }
     // A list or tuple is the whole body already: one batch, and Content-Length when the
@@ -205,18 +301,29 @@ fn walk_body(
             }
             response.push_data(bytes.as_bytes())?;
         }
-        return Ok(response.flush(py)?);
+        response.flush(py)?;
+        return Ok(None);
     }
-    for item in iterable.try_iter()? {
+    walk_iterator(py, sr, iterable.try_iter()?)
+}
+
+/// Sends each item as it comes; stops early (returning the iterator) when the sink is full.
+fn walk_iterator<'py>(
+    py: Python<'py>,
+    sr: &StartResponse,
+    mut iterator: Bound<'py, PyIterator>,
+) -> Result<Option<Bound<'py, PyIterator>>, BodyError> {
+    while let Some(item) = iterator.next() {
         let item = item?;
         let bytes = body_bytes(&item)?;
         let mut response = sr.lock()?;
         response.push_data(bytes.as_bytes())?;
-        if !bytes.as_bytes().is_empty() {
-            response.flush(py)?;
+        if !bytes.as_bytes().is_empty() && response.offer(py)? == Flow::Full {
+            drop(response);
+            return Ok(Some(iterator));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {

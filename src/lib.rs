@@ -19,7 +19,8 @@ pub mod status;
 mod proptests;
 
 pub use app::{AppSpec, AppTarget};
-pub use call::{run_request, ServerTraits};
+pub use call::{run_request, Parked, ServerTraits};
 pub use server::{
-    BodyReader, ClientGone, ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, ResponseSink,
+    BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,
+    ResponseSink,
 };

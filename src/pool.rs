@@ -108,6 +108,18 @@ impl WorkerPool {
         Ok(())
     }
 
+    /// Queues a job of a request already admitted (a parked response going on) ahead of
+    /// new requests and regardless of `max_queue`: it must not be refused halfway.
+    pub fn enqueue_admitted(&self, job: Job) {
+        let mut state = self.shared.lock();
+        state.queue.push_front(job);
+        let wake_monitor = std::mem::take(&mut state.monitor_parked);
+        drop(state);
+        if wake_monitor {
+            self.shared.monitor.notify_one();
+        }
+    }
+
     /// Wakes a thread when jobs wait and no thread is draining or about to, or when the
     /// drainers have stalled (see the monitor).
     pub fn wake(&self) {

@@ -2,7 +2,7 @@
 //! keep the wire correct (headers deferred to the first non-empty chunk, Content-Length
 //! never overrun, a broken or short body aborted instead of looking complete).
 
-use crate::server::{ClientGone, LogLevel, OutputEvent, ResponseHead, ResponseSink};
+use crate::server::{ClientGone, Flow, LogLevel, OutputEvent, ResponseHead, ResponseSink};
 use pyo3::prelude::*;
 use std::fs::File;
 use std::sync::Arc;
@@ -121,6 +121,23 @@ impl Response {
             return Err(Stop::ClientGone);
         }
         Ok(())
+    }
+
+    /// Like `flush`, but lets the sink say it is full instead of waiting.
+    pub fn offer(&mut self, py: Python<'_>) -> Result<Flow, Stop> {
+        if self.pending.is_empty() || self.gone {
+            return self.flush(py).map(|()| Flow::Open);
+        }
+        let sink = &self.sink;
+        let pending = &mut self.pending;
+        match py.detach(|| sink.offer(pending)) {
+            Ok(flow) => Ok(flow),
+            Err(ClientGone) => {
+                self.pending.clear();
+                self.gone = true;
+                Err(Stop::ClientGone)
+            }
+        }
     }
 
     /// Ends the response: complete if the app succeeded, otherwise a 500 when nothing was

@@ -119,6 +119,15 @@ pub enum LogLevel {
     Info,
 }
 
+/// What [`ResponseSink::offer`] tells the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on producing.
+    Open,
+    /// The client is behind: park the response until the server resumes it.
+    Full,
+}
+
 /// Where one request's output and log lines go. Shared (Arc) between the response and
 /// wsgi.errors, which the app may keep beyond the request: after the final event the
 /// server must still accept `log` (and send it to its global log).
@@ -126,6 +135,13 @@ pub trait ResponseSink: Send + Sync {
     /// Hands over events in order; drains `events`. May block for backpressure (the engine
     /// calls it without the GIL). Err means the client is gone; later calls keep failing.
     fn send(&self, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone>;
+    /// Like `send` for streamed body parts, but a sink that can hold a response for a slow
+    /// client returns `Flow::Full` instead of waiting: the engine then hands the response
+    /// back parked (see `call::Parked`) and the server resumes it once drained. The
+    /// default waits in `send`, for servers whose request owns its thread anyway.
+    fn offer(&self, events: &mut Vec<OutputEvent>) -> Result<Flow, ClientGone> {
+        self.send(events).map(|()| Flow::Open)
+    }
     /// One line for the server's error log, in the request's context where possible.
     fn log(&self, level: LogLevel, message: &str);
 }

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from harness.common import wait_until
+from harness.common import Mount, wait_until
 from harness.http import Conn, build_request, get, timed_stream
 
 
@@ -169,3 +169,43 @@ def test_head_of_large_streamed_response(server, path):
                 f"{server.marker(token + '.progress').read_text()} bytes)")
         r2 = c.request("GET", "/hello")
         assert r2.status == 200 and r2.body == b"Hello, world!\n"
+
+
+@pytest.mark.only("nginx")
+def test_slow_clients_do_not_hold_python_threads(make_server):
+    """nginx parks a stream whose client is behind instead of keeping its Python thread:
+    with ONE thread, three clients that stop reading big streams leave it free for
+    others, and each stream still completes once its client reads."""
+    s = make_server([Mount("/stream", "stream_app.py"), Mount("/hello", "hello.py")],
+                    workers=1, threads=1)
+    total = 16 << 20
+    conns, tokens = [], []
+    try:
+        for _ in range(3):
+            token = uuid.uuid4().hex
+            c = Conn(s.port, rcvbuf=65536)
+            c.send(build_request("GET", f"/stream/big?total={total}&chunk=65536&token={token}",
+                                 headers=[("Connection", "close")], host="x"))
+            assert wait_until(s.marker(token + ".progress").exists, 5), "the stream did not start"
+            conns.append(c)
+            tokens.append(token)
+        time.sleep(0.5)  # none of them reads
+        for token in tokens:
+            assert int(s.marker(token + ".progress").read_text()) < total, "no backpressure"
+        t = time.monotonic()
+        r = get(s.port, "/hello", timeout=10)
+        assert r.status == 200 and time.monotonic() - t < 1.0, \
+            "the only Python thread was held by a client that does not read"
+        for c in conns:
+            c.sock.settimeout(30)
+            received = 0
+            data = c.recv_some()
+            while data:
+                received += len(data)
+                data = c.recv_some()
+            assert received > total  # headers + the whole body
+    finally:
+        for c in conns:
+            c.close()
+    for token in tokens:
+        assert s.wait_marker(token + ".done", 10) == str(total)

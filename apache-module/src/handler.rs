@@ -146,7 +146,12 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
         let declared = if chunked { None } else { req.content_length };
         let body = Box::new(ApacheBody::new(live.clone(), declared));
         let sink = Arc::new(ApacheSink::new(live.clone()));
-        rwsgi::run_request(&spec, traits, req, body, sink);
+        // The sink waits for the client (this thread is the request's anyway), so the
+        // engine never parks; resuming here keeps that true whatever the sink says.
+        let mut parked = rwsgi::run_request(&spec, traits, req, body, sink);
+        while let Some(response) = parked {
+            parked = response.resume();
+        }
 
         // From here on the app's leftovers (a kept wsgi.input / wsgi.errors) no longer
         // reach this request.

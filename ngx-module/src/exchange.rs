@@ -3,12 +3,18 @@
 //! schedules the exchange on the bridge, and waits (GIL released, by the engine) while
 //! too many bytes are waiting for a slow client. The loop side (output.rs) takes the
 //! events, writes them, and acknowledges bytes once nginx has sent them.
+//!
+//! A streamed body does not hold its thread while the client is slow: `offer` says
+//! "full" past HIGH_WATER, the engine hands back the response parked, and the exchange
+//! keeps it until nginx has sent all but LOW_WATER bytes, then queues it to go on.
 
-use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink};
+use rwsgi::{ClientGone, Flow, LogLevel, OutputEvent, Parked, ResponseSink};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Bytes the app may have waiting for the client before its thread pauses.
+/// Bytes the app may have waiting for the client before it pauses.
 const HIGH_WATER: usize = 256 * 1024;
+/// A paused stream goes on when no more than this is still waiting.
+const LOW_WATER: usize = 64 * 1024;
 
 pub struct Exchange {
     state: Mutex<State>,
@@ -34,6 +40,8 @@ pub struct State {
     pub finished: bool,
     /// The thread is waiting for `unsent` to drop (saves a wake-up syscall otherwise).
     waiting: bool,
+    /// A streamed response paused for the client (no thread holds it meanwhile).
+    parked: Option<Parked>,
 }
 
 impl Exchange {
@@ -64,9 +72,17 @@ impl Exchange {
         let mut state = self.lock();
         state.unsent = state.unsent.saturating_sub(bytes);
         let waiting = state.waiting;
+        let resume = if state.unsent <= LOW_WATER {
+            state.parked.take()
+        } else {
+            None
+        };
         drop(state);
         if waiting {
             self.drained.notify_all();
+        }
+        if let Some(parked) = resume {
+            self.go_on(parked);
         }
     }
 
@@ -75,10 +91,39 @@ impl Exchange {
         let mut state = self.lock();
         state.gone = true;
         let waiting = state.waiting;
+        let resume = state.parked.take();
         drop(state);
         if waiting {
             self.drained.notify_all();
         }
+        // A parked response must still run to its end: close() and the final event.
+        if let Some(parked) = resume {
+            self.go_on(parked);
+        }
+    }
+
+    /// Thread side, when the engine returned the response parked: keeps it until the
+    /// client has caught up, or goes on right away if it already has (or has left).
+    pub fn park(&self, parked: Parked) -> Option<Parked> {
+        let mut state = self.lock();
+        if state.gone || state.unsent <= LOW_WATER {
+            return Some(parked);
+        }
+        state.parked = Some(parked);
+        None
+    }
+
+    /// Loop side: queues a parked response to go on in the pool.
+    fn go_on(&self, parked: Parked) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Some(worker) = crate::worker::get() else {
+            return;
+        };
+        worker
+            .pool
+            .enqueue_admitted(Box::new(move || drive(&me, parked.resume())));
+        // SAFETY: acknowledge and mark_gone run on the event loop.
+        unsafe { crate::worker::wake_pool_soon() };
     }
 
     fn schedule(&self, state: &mut State) {
@@ -101,13 +146,7 @@ impl ResponseSink for Exchange {
         if events.is_empty() {
             return if state.gone { Err(ClientGone) } else { Ok(()) };
         }
-        let bytes: usize = events
-            .iter()
-            .map(|e| match e {
-                OutputEvent::Data(d) => d.len(),
-                _ => 0,
-            })
-            .sum();
+        let bytes: usize = events.iter().map(data_len).sum();
         let is_final = events.iter().any(OutputEvent::is_final);
         state.unsent += bytes;
         state.events.append(events);
@@ -124,6 +163,22 @@ impl ResponseSink for Exchange {
         }
     }
 
+    fn offer(&self, events: &mut Vec<OutputEvent>) -> Result<Flow, ClientGone> {
+        let mut state = self.lock();
+        if state.gone {
+            return Err(ClientGone);
+        }
+        let bytes: usize = events.iter().map(data_len).sum();
+        state.unsent += bytes;
+        state.events.append(events);
+        self.schedule(&mut state);
+        Ok(if state.unsent > HIGH_WATER {
+            Flow::Full
+        } else {
+            Flow::Open
+        })
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         let mut state = self.lock();
         if state.finished {
@@ -134,5 +189,19 @@ impl ResponseSink for Exchange {
         }
         state.logs.push((level, message.to_string()));
         self.schedule(&mut state);
+    }
+}
+
+fn data_len(event: &OutputEvent) -> usize {
+    match event {
+        OutputEvent::Data(d) => d.len(),
+        _ => 0,
+    }
+}
+
+/// Runs a request's engine work to its end or to its next pause (parking it).
+pub fn drive(exchange: &Exchange, mut step: Option<Parked>) {
+    while let Some(parked) = step {
+        step = exchange.park(parked).and_then(Parked::resume);
     }
 }

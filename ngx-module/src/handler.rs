@@ -78,9 +78,13 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     })?;
     let request = build_request(r, lc, body_len);
 
-    let sink: Arc<dyn ResponseSink> = (*ctx).exchange.clone();
+    let exchange = (*ctx).exchange.clone();
     let traits = worker.traits;
-    let job = Box::new(move || rwsgi::run_request(&spec, traits, request, Box::new(body), sink));
+    let job = Box::new(move || {
+        let sink: Arc<dyn ResponseSink> = exchange.clone();
+        let step = rwsgi::run_request(&spec, traits, request, Box::new(body), sink);
+        crate::exchange::drive(&exchange, step);
+    });
     if let Err(_job) = worker.pool.enqueue(job) {
         ngx_log_error!(
             NGX_LOG_ERR,

@@ -344,7 +344,7 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 (*ev).log,
-                "wsgi: request still held by its Python thread after {} s",
+                "wsgi: request still in progress after {} s",
                 seconds
             );
         }
