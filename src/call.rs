@@ -301,7 +301,8 @@ fn walk_body<'py>(
             }
             response.push_data(bytes.as_bytes())?;
         }
-        response.flush(py)?;
+        // The whole body is in memory already: a full sink is no reason to hold the thread.
+        response.offer(py)?;
         return Ok(None);
     }
     walk_iterator(py, sr, iterable.try_iter()?)
