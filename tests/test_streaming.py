@@ -209,3 +209,29 @@ def test_slow_clients_do_not_hold_python_threads(make_server):
             c.close()
     for token in tokens:
         assert s.wait_marker(token + ".done", 10) == str(total)
+
+
+@pytest.mark.only("nginx")
+def test_unread_list_body_does_not_hold_python_thread(make_server):
+    """A list body is in memory already: nginx keeps it for a client that does not read,
+    and the only Python thread goes on serving others."""
+    s = make_server([Mount("/body", "body_app.py"), Mount("/hello", "hello.py")],
+                    workers=1, threads=1)
+    payload = b"z" * (16 << 20)
+    c = Conn(s.port, rcvbuf=65536)
+    try:
+        c.send(build_request("POST", "/body/echo", payload, host="x",
+                             headers=[("Connection", "close")]))
+        time.sleep(0.5)  # the echo is produced; we read none of it
+        t = time.monotonic()
+        r = get(s.port, "/hello", timeout=10)
+        assert r.status == 200 and time.monotonic() - t < 1.0, \
+            "the only Python thread was held by a client that does not read"
+        c.sock.settimeout(30)
+        received, data = 0, c.recv_some()
+        while data:
+            received += len(data)
+            data = c.recv_some()
+        assert received > len(payload)  # headers + the whole echo
+    finally:
+        c.close()
