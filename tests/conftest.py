@@ -102,6 +102,39 @@ def make_server(kind):
         s.cleanup()
 
 
+def serve(kind, mounts, prepare=None, **opts):
+    """For module-scoped fixtures with a config of their own: starts a server of `kind`
+    (after `prepare(server)`, e.g. writing a certificate), yields it, then stops and
+    removes it."""
+    s = SERVERS[kind]()
+    try:
+        if prepare is not None:
+            prepare(s)
+        s.start(mounts, **opts)
+        yield s
+    finally:
+        s.stop()
+        s.cleanup()
+
+
+@pytest.fixture
+def apache():
+    """Apache-only tests: a factory of ApacheServer instances (each checked for the
+    module), all stopped and removed at the end of the test."""
+    created = []
+
+    def factory():
+        s = ApacheServer()
+        s.check_module()
+        created.append(s)
+        return s
+
+    yield factory
+    for s in created:
+        s.stop()
+        s.cleanup()
+
+
 @pytest.fixture
 def new_server(kind):
     created = []

@@ -29,22 +29,6 @@ MODULES = [
 ]
 
 
-@pytest.fixture
-def apache():
-    created = []
-
-    def factory():
-        s = ApacheServer()
-        s.check_module()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
-
-
 def need_mod_wsgi():
     if not MOD_WSGI.is_file():
         pytest.fail(f"{MOD_WSGI} is missing: apt-get install -y libapache2-mod-wsgi-py3 "

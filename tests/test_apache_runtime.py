@@ -31,22 +31,6 @@ pytestmark = pytest.mark.server_side
 CRASH = re.compile(r"exit signal|exited on signal|Segmentation fault|panicked|core dumped", re.I)
 
 
-@pytest.fixture
-def apache():
-    created = []
-
-    def factory():
-        s = ApacheServer()
-        s.check_module()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
-
-
 def write(path: Path, text: str, mode: int = 0o644) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o755)

@@ -24,14 +24,8 @@ MOUNTS = [
 
 @pytest.fixture(scope="module")
 def h2_server(kind):
-    from conftest import SERVERS
-    s = SERVERS[kind]()
-    try:
-        s.start(MOUNTS, workers=1, threads=4, http2=True)
-        yield s
-    finally:
-        s.stop()
-        s.cleanup()
+    from conftest import serve
+    yield from serve(kind, MOUNTS, workers=1, threads=4, http2=True)
 
 
 def curl(server, path, *args, timeout=20):

@@ -25,15 +25,9 @@ MOUNTS = [
 
 @pytest.fixture(scope="module")
 def tls_server(kind):
-    from conftest import SERVERS
-    s = SERVERS[kind]()
-    try:
-        self_signed_cert(s.run)
-        s.start(MOUNTS, workers=1, threads=4, ssl=True)
-        yield s
-    finally:
-        s.stop()
-        s.cleanup()
+    from conftest import serve
+    yield from serve(kind, MOUNTS, prepare=lambda s: self_signed_cert(s.run),
+                     workers=1, threads=4, ssl=True)
 
 
 def tls_request(s, method, path, **kw):
