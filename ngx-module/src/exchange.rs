@@ -126,6 +126,13 @@ impl Exchange {
         unsafe { crate::worker::wake_pool_soon() };
     }
 
+    /// Thread side: hands `events` to the loop, counting their body bytes as unsent.
+    fn queue(&self, state: &mut State, events: &mut Vec<OutputEvent>) {
+        state.unsent += events.iter().map(data_len).sum::<usize>();
+        state.events.append(events);
+        self.schedule(state);
+    }
+
     fn schedule(&self, state: &mut State) {
         if !state.scheduled && !state.finished {
             state.scheduled = true;
@@ -146,11 +153,8 @@ impl ResponseSink for Exchange {
         if events.is_empty() {
             return if state.gone { Err(ClientGone) } else { Ok(()) };
         }
-        let bytes: usize = events.iter().map(data_len).sum();
         let is_final = events.iter().any(OutputEvent::is_final);
-        state.unsent += bytes;
-        state.events.append(events);
-        self.schedule(&mut state);
+        self.queue(&mut state, events);
         while !is_final && !state.gone && state.unsent > HIGH_WATER {
             state.waiting = true;
             state = self.drained.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -168,10 +172,7 @@ impl ResponseSink for Exchange {
         if state.gone {
             return Err(ClientGone);
         }
-        let bytes: usize = events.iter().map(data_len).sum();
-        state.unsent += bytes;
-        state.events.append(events);
-        self.schedule(&mut state);
+        self.queue(&mut state, events);
         Ok(if state.unsent > HIGH_WATER {
             Flow::Full
         } else {
