@@ -44,11 +44,26 @@ pub fn run_request(
     })
 }
 
-/// Runs Python work; a panic becomes a 500 (or a broken body) instead of a lost request.
-fn guarded(sink: &Arc<dyn ResponseSink>, work: impl FnOnce() -> Option<Parked>) -> Option<Parked> {
+/// Where a stretch of Python work left the response.
+enum Outcome {
+    /// Waiting for a slow client.
+    Parked(Parked),
+    /// Done: the last events, ending with the final one, still to be sent.
+    Finished(Vec<OutputEvent>),
+}
+
+/// Runs Python work, then sends a finished response's last batch after the GIL is let go
+/// (sending can block on the client; and a thread that sent with the GIL released would
+/// only have to win it back to return). A panic becomes a 500 (or a broken body) instead
+/// of a lost request.
+fn guarded(sink: &Arc<dyn ResponseSink>, work: impl FnOnce() -> Outcome) -> Option<Parked> {
     crate::interpreter::adopt_current_thread();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        Ok(parked) => parked,
+        Ok(Outcome::Parked(parked)) => Some(parked),
+        Ok(Outcome::Finished(mut last)) => {
+            let _ = sink.send(&mut last);
+            None
+        }
         Err(_) => {
             sink.log(
                 LogLevel::Error,
@@ -83,7 +98,7 @@ impl Parked {
                 let outcome = continue_body(py, &start_response, &iterable, Some(iterator));
                 conclude(
                     py,
-                    &self.context,
+                    &|| self.context.clone(),
                     &self.sink,
                     &start_response,
                     &iterable,
@@ -102,7 +117,7 @@ fn run_in_python(
     body: Box<dyn BodyReader>,
     sink: &Arc<dyn ResponseSink>,
     head_request: bool,
-) -> Option<Parked> {
+) -> Outcome {
     let start_response = match Bound::new(
         py,
         StartResponse::new(Response::new(sink.clone(), head_request)),
@@ -110,20 +125,19 @@ fn run_in_python(
         Ok(sr) => sr,
         Err(e) => {
             log_exception(py, sink, "creating start_response", &e);
-            let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
-            return None;
+            return Outcome::Finished(vec![OutputEvent::Fail(500)]);
         }
     };
-    let context = spec.describe();
+    // Named only in log lines and parked responses: not worth a string per request.
+    let context = || spec.describe();
     match call_app(py, spec, traits, req, body, sink, &start_response) {
         Ok(iterable) => {
             let outcome = continue_body(py, &start_response, &iterable, None);
             conclude(py, &context, sink, &start_response, &iterable, outcome)
         }
         Err(e) => {
-            log_exception(py, sink, &context, &e);
-            finish(py, sink, &start_response, true);
-            None
+            log_exception(py, sink, &context(), &e);
+            Outcome::Finished(finish(sink, &start_response, true))
         }
     }
 }
@@ -131,16 +145,16 @@ fn run_in_python(
 /// After a stretch of body: park, or log what went wrong and send the final event.
 fn conclude(
     py: Python<'_>,
-    context: &str,
+    context: &dyn Fn() -> String,
     sink: &Arc<dyn ResponseSink>,
     start_response: &Bound<'_, StartResponse>,
     iterable: &Bound<'_, PyAny>,
     outcome: PyResult<Option<Bound<'_, PyIterator>>>,
-) -> Option<Parked> {
+) -> Outcome {
     let failed = match outcome {
         Ok(Some(iterator)) => {
-            return Some(Parked {
-                context: context.to_string(),
+            return Outcome::Parked(Parked {
+                context: context(),
                 sink: sink.clone(),
                 start_response: start_response.clone().unbind(),
                 iterable: iterable.clone().unbind(),
@@ -149,31 +163,29 @@ fn conclude(
         }
         Ok(None) => false,
         Err(e) => {
-            log_exception(py, sink, context, &e);
+            log_exception(py, sink, &context(), &e);
             true
         }
     };
-    finish(py, sink, start_response, failed);
-    None
+    Outcome::Finished(finish(sink, start_response, failed))
 }
 
+/// The response's last batch (see [`Response::finish`]).
 fn finish(
-    py: Python<'_>,
     sink: &Arc<dyn ResponseSink>,
     start_response: &Bound<'_, StartResponse>,
     failed: bool,
-) {
-    let locked = start_response.get().lock();
-    match locked {
-        Ok(mut response) => response.finish(py, failed),
+) -> Vec<OutputEvent> {
+    match start_response.get().lock() {
+        Ok(mut response) => response.finish(failed),
         Err(_) => {
             sink.log(
                 LogLevel::Error,
                 "rwsgi: response still in use by another thread; aborting",
             );
-            let _ = py.detach(|| sink.send(&mut vec![OutputEvent::Abort]));
+            vec![OutputEvent::Abort]
         }
-    };
+    }
 }
 
 fn call_app<'py>(
@@ -272,14 +284,14 @@ fn walk_body<'py>(
     }
     if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
         if let Some(span) = wrapper.get().file_span(py) {
-            let mut response = sr.lock()?;
-            response.push_file(span.file, span.offset, span.len)?;
-            response.flush(py)?;
+            // Goes out with the final batch.
+            sr.lock()?.push_file(span.file, span.offset, span.len)?;
             return Ok(None);
         }
     }
-    // A list or tuple is the whole body already: one batch, and Content-Length when the
-    // app gave none and there is a single item.
+    // A list or tuple is the whole body already: it goes out with the final batch (so a
+    // slow client holds no thread), with Content-Length when the app gave none and there
+    // is a single item.
     let items = iterable
         .cast::<PyList>()
         .map(|l| l.as_sequence().clone())
@@ -301,8 +313,6 @@ fn walk_body<'py>(
             }
             response.push_data(bytes.as_bytes())?;
         }
-        // The whole body is in memory already: a full sink is no reason to hold the thread.
-        response.offer(py)?;
         return Ok(None);
     }
     walk_iterator(py, sr, iterable.try_iter()?)

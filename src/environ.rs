@@ -109,9 +109,9 @@ pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> P
     }
     for (key, value) in &req.extra {
         match value {
-            ExtraValue::Str(v) => env.set_item(key, latin1(py, v))?,
-            ExtraValue::Static(v) => env.set_item(key, *v)?,
-            ExtraValue::IntTuple(v) => env.set_item(key, PyTuple::new(py, v)?)?,
+            ExtraValue::Str(v) => env.set_item(key.as_ref(), latin1(py, v))?,
+            ExtraValue::Static(v) => env.set_item(key.as_ref(), *v)?,
+            ExtraValue::IntTuple(v) => env.set_item(key.as_ref(), PyTuple::new(py, v)?)?,
         }
     }
     let scheme = if req.https {

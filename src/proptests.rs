@@ -396,7 +396,9 @@ fn run_response(
                 Step::ClientLeaves => rec.gone.store(true, Ordering::SeqCst),
             }
         }
-        r.finish(py, app_failed);
+        // As call.rs does: the last batch goes out after Python is done.
+        let mut last = r.finish(app_failed);
+        let _ = rec.send(&mut last);
     });
     (rec, pushed)
 }

@@ -141,17 +141,18 @@ impl Response {
     }
 
     /// Ends the response: complete if the app succeeded, otherwise a 500 when nothing was
-    /// sent yet, or an aborted body when something was.
+    /// sent yet, or an aborted body when something was. Returns the last batch of events
+    /// (whatever is still pending, then exactly one final event) for the caller to send
+    /// once it has let go of the GIL: a list body goes out whole in that one batch, and the
+    /// thread need not win the GIL back after sending.
     /// The final event is delivered even after the client left: it tells the server that
     /// the app is done with the request.
-    pub fn finish(&mut self, py: Python<'_>, app_failed: bool) {
+    #[must_use = "the final batch must reach the sink"]
+    pub fn finish(&mut self, app_failed: bool) -> Vec<OutputEvent> {
         if self.gone {
             self.pending.clear();
             self.pending.push(OutputEvent::Abort);
-            let sink = &self.sink;
-            let pending = &mut self.pending;
-            let _ = py.detach(|| sink.send(pending));
-            return;
+            return std::mem::take(&mut self.pending);
         }
         let last = match (&self.head, self.head_sent, app_failed) {
             (_, false, true) | (None, false, false) => {
@@ -184,7 +185,7 @@ impl Response {
             },
         };
         self.pending.push(last);
-        let _ = self.flush(py);
+        std::mem::take(&mut self.pending)
     }
 
     fn check_open(&self) -> Result<(), Stop> {

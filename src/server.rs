@@ -2,6 +2,7 @@
 //! request ([`Request`], a [`BodyReader`]) and where the response goes ([`ResponseSink`]).
 //! Everything here is plain Rust data; the engine never sees an nginx or Apache struct.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 
@@ -28,8 +29,9 @@ pub struct Request {
     pub content_length: Option<u64>,
     /// True when reading wsgi.input to EOF is safe (the server ends the stream).
     pub input_terminated: bool,
-    /// Server-specific environ keys (REQUEST_URI, DOCUMENT_ROOT, mod_wsgi.*, params...).
-    pub extra: Vec<(String, ExtraValue)>,
+    /// Server-specific environ keys (REQUEST_URI, DOCUMENT_ROOT, mod_wsgi.*, params...);
+    /// fixed names are borrowed, not allocated per request.
+    pub extra: Vec<(Cow<'static, str>, ExtraValue)>,
 }
 
 /// The value of a server-specific environ key.

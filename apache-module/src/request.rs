@@ -7,6 +7,7 @@ use crate::bindings::*;
 use crate::config::Effective;
 use crate::options::MapHead;
 use rwsgi::{ExtraValue, Request};
+use std::borrow::Cow;
 use std::ffi::c_char;
 
 /// Where the request is mounted and which script runs it.
@@ -157,8 +158,8 @@ unsafe fn head_as_get(r: *const request_rec, mode: MapHead) -> bool {
     }
 }
 
-fn extra(out: &mut Vec<(String, ExtraValue)>, key: &str, value: &[u8]) {
-    out.push((key.to_string(), ExtraValue::Str(value.to_vec())));
+fn extra(out: &mut Vec<(Cow<'static, str>, ExtraValue)>, key: &'static str, value: &[u8]) {
+    out.push((Cow::Borrowed(key), ExtraValue::Str(value.to_vec())));
 }
 
 /// Builds the engine's request.
@@ -201,7 +202,7 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
             }
         }
 
-        let mut x: Vec<(String, ExtraValue)> = Vec::with_capacity(32);
+        let mut x: Vec<(Cow<'static, str>, ExtraValue)> = Vec::with_capacity(32);
         extra(&mut x, "REQUEST_URI", &original_uri(r));
         extra(&mut x, "SCRIPT_FILENAME", target.script);
         extra(&mut x, "DOCUMENT_ROOT", bytes(ap_document_root(r)));
@@ -269,7 +270,7 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
         };
         ap_get_server_revision(&mut version);
         x.push((
-            "apache.version".to_string(),
+            Cow::Borrowed("apache.version"),
             ExtraValue::IntTuple(vec![
                 version.major.into(),
                 version.minor.into(),
@@ -291,7 +292,7 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
                 if reserved(&key) || x.iter().any(|(k, _)| *k == key) {
                     continue;
                 }
-                x.push((key, ExtraValue::Str(bytes(e.val).to_vec())));
+                x.push((Cow::Owned(key), ExtraValue::Str(bytes(e.val).to_vec())));
             }
         }
 

@@ -12,6 +12,7 @@ use ngx::ngx_conf_log_error;
 use rwsgi::AppSpec;
 use std::ffi::{c_char, c_void};
 use std::ptr;
+use std::sync::Arc;
 
 pub const DEFAULT_THREADS: usize = 16;
 pub const DEFAULT_MAX_QUEUE: usize = 1024;
@@ -43,7 +44,7 @@ pub struct LocConf {
     pub script_name: Option<String>,
     pub params: Option<Vec<Param>>,
     /// The app this location runs, complete after merge.
-    pub app: Option<AppSpec>,
+    pub app: Option<Arc<AppSpec>>,
 }
 
 impl LocConf {
@@ -374,7 +375,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             mc.apps.push(spec.clone());
         }
     }
-    lc.app = Some(spec);
+    lc.app = Some(Arc::new(spec));
     NGX_CONF_OK
 }
 

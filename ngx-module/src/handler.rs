@@ -11,6 +11,7 @@ use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleServerConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 use rwsgi::{ExtraValue, Request, ResponseSink};
+use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -147,26 +148,29 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     let https = !(*c).ssl.is_null();
     let mut extra = vec![
         (
-            "REQUEST_URI".to_string(),
+            Cow::Borrowed("REQUEST_URI"),
             ExtraValue::Str(bytes(&rr.unparsed_uri)),
         ),
         (
-            "REQUEST_SCHEME".to_string(),
+            Cow::Borrowed("REQUEST_SCHEME"),
             ExtraValue::Static(if https { "https" } else { "http" }),
         ),
         (
-            "GATEWAY_INTERFACE".to_string(),
+            Cow::Borrowed("GATEWAY_INTERFACE"),
             ExtraValue::Static("CGI/1.1"),
         ),
         (
-            "SERVER_SOFTWARE".to_string(),
+            Cow::Borrowed("SERVER_SOFTWARE"),
             ExtraValue::Static(SERVER_SOFTWARE),
         ),
     ];
     for param in lc.params.iter().flatten() {
         let mut value = ngx_str_t::default();
         if ngx_http_complex_value(r, param.value, &mut value) == NGX_OK as ngx_int_t {
-            extra.push((param.name.clone(), ExtraValue::Str(bytes(&value))));
+            extra.push((
+                Cow::Owned(param.name.clone()),
+                ExtraValue::Str(bytes(&value)),
+            ));
         }
     }
     Request {
