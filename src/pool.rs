@@ -28,6 +28,8 @@ const STALL_THRESHOLD: Duration = Duration::from_micros(500);
 /// Monitor tick while there is work; it parks after `MONITOR_IDLE` without any.
 const MONITOR_TICK: Duration = Duration::from_millis(1);
 const MONITOR_IDLE: Duration = Duration::from_millis(200);
+/// The monitor's shortest sleep, so threads just woken have time to take their jobs.
+const MIN_CHECK: Duration = Duration::from_micros(50);
 /// Stack size of pool threads: deep Python recursion needs more than Rust's 2 MiB default.
 const STACK_SIZE: usize = 8 * 1024 * 1024;
 
@@ -138,6 +140,18 @@ impl WorkerPool {
 }
 
 impl State {
+    /// How long the monitor may sleep: until waiting jobs would count as stalled (so a
+    /// blocked drainer is relieved STALL_THRESHOLD after its last take, not up to a tick
+    /// later), else a tick.
+    fn next_check(&self, now: Instant) -> Duration {
+        match self.last_take {
+            Some(t) if !self.queue.is_empty() => (t + STALL_THRESHOLD)
+                .saturating_duration_since(now)
+                .clamp(MIN_CHECK, MONITOR_TICK),
+            _ => MONITOR_TICK,
+        }
+    }
+
     /// Jobs wait while no thread has taken one for STALL_THRESHOLD.
     fn stalled(&self, now: Instant) -> bool {
         !self.queue.is_empty()
@@ -219,9 +233,10 @@ impl Shared {
                 }
                 last_work = Instant::now();
             } else {
+                let timeout = state.next_check(now);
                 state = self
                     .monitor
-                    .wait_timeout(state, MONITOR_TICK)
+                    .wait_timeout(state, timeout)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
