@@ -9,7 +9,7 @@ of the rounds, p50/p99 latency, worker RSS after the last round, ratio to rwsgi-
 writes bench/RESULTS.md (machine, versions, table, the goals of issue 6 as PASS/FAIL) and
 bench/results.png. Every server started is stopped at the end, also on Ctrl-C or error.
 
-    /usr/bin/python3 bench/run.py                 # full run: 3 rounds x 5 s per cell (~13 min)
+    /usr/bin/python3 bench/run.py                 # full run: 5 rounds x 3 s per cell (~13 min)
     /usr/bin/python3 bench/run.py --quick         # 1 round x 2 s
     /usr/bin/python3 bench/run.py --only rwsgi-nginx,granian --workloads hello,sleep
 
@@ -822,8 +822,8 @@ def prepare_files(ctx):
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round x 2 s, 1 s warm-up")
-    ap.add_argument("--rounds", type=int, help="rounds per workload (default 3)")
-    ap.add_argument("--duration", type=int, help="seconds per run (default 5)")
+    ap.add_argument("--rounds", type=int, help="rounds per workload (default 5)")
+    ap.add_argument("--duration", type=int, help="seconds per run (default 3)")
     ap.add_argument("--warmup", type=int, help="warm-up seconds per server and workload (default 1)")
     ap.add_argument("--only", help=f"comma-separated servers: {','.join(SERVERS)}")
     ap.add_argument("--workloads", help=f"comma-separated workloads: {','.join(WL)}")
@@ -834,8 +834,8 @@ def parse_args():
     ap.add_argument("--no-write", action="store_true", help="never write RESULTS.md/results.png")
     ap.add_argument("--no-install", action="store_true", help="do not apt/pip install anything")
     args = ap.parse_args()
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    args.duration = args.duration or (2 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.duration = args.duration or (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
     if not (1 <= args.rounds <= 20 and 1 <= args.duration <= 120 and 0 <= args.warmup <= 60):
         ap.error("rounds 1-20, duration 1-120 s, warm-up 0-60 s")
