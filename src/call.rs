@@ -311,7 +311,7 @@ fn walk_body<'py>(
             if len == 1 {
                 response.set_length_if_unset(bytes.as_bytes().len() as u64);
             }
-            response.push_data(bytes.as_bytes())?;
+            response.push_data(bytes)?;
         }
         return Ok(None);
     }
@@ -328,7 +328,7 @@ fn walk_iterator<'py>(
         let item = item?;
         let bytes = body_bytes(&item)?;
         let mut response = sr.lock()?;
-        response.push_data(bytes.as_bytes())?;
+        response.push_data(bytes)?;
         if !bytes.as_bytes().is_empty() && response.offer(py)? == Flow::Full {
             drop(response);
             return Ok(Some(iterator));

@@ -75,7 +75,7 @@ impl Buffered {
             return Ok(None);
         }
         let reader = &mut self.reader;
-        let bytes = PyBytes::new_with(py, left as usize, |target| {
+        let bytes = new_bytes_filled(py, left as usize, |target| {
             // The new object is not shared yet: filling it without the GIL is safe.
             py.detach(|| read_full(reader.as_mut(), target))
                 .map_err(|e| {
@@ -134,6 +134,34 @@ impl Input {
             .map_err(|_| PyRuntimeError::new_err("wsgi.input is being read by another thread"))?;
         f(&mut guard)
     }
+}
+
+/// A new bytes object of `len` bytes, every one written by `fill`. Unlike
+/// `PyBytes::new_with` the buffer is not zeroed first: for a 1 MiB upload that memset
+/// cost about as much CPU as the copy that follows (9% of the worker in a profile).
+fn new_bytes_filled<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new reference to a bytes object
+    // with an n-byte buffer that the caller may write until the object is shared (or NULL
+    // with an exception set, which from_owned_ptr_or_err turns into Err).
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t),
+        )?
+    };
+    // SAFETY: obj is a bytes object of exactly `len` bytes that nobody else refers to yet.
+    // `fill` (read_full) only writes the slice, and either writes all of it or fails, in
+    // which case the object is dropped unread: no byte is ever read before it is written.
+    let buf = unsafe {
+        std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8, len)
+    };
+    fill(buf)?;
+    // SAFETY: created as bytes above.
+    Ok(unsafe { obj.cast_into_unchecked() })
 }
 
 fn read_full(reader: &mut dyn BodyReader, mut target: &mut [u8]) -> std::io::Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod call;
+pub mod chunk;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
@@ -20,6 +21,7 @@ mod proptests;
 
 pub use app::{AppSpec, AppTarget};
 pub use call::{run_request, Parked, ServerTraits};
+pub use chunk::Chunk;
 pub use server::{
     BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,
     ResponseSink,

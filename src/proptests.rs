@@ -289,7 +289,7 @@ impl ResponseSink for Recorder {
             .drain(..)
             .map(|e| match e {
                 OutputEvent::Head(h) => Ev::Head(h.content_length),
-                OutputEvent::Data(d) => Ev::Data(d),
+                OutputEvent::Data(d) => Ev::Data(d.to_vec()),
                 OutputEvent::File { len, .. } => Ev::File(len),
                 OutputEvent::End => Ev::End,
                 OutputEvent::Abort => Ev::Abort,
@@ -325,13 +325,20 @@ enum Step {
 }
 
 fn content_length() -> impl Strategy<Value = Option<u64>> {
-    prop_oneof![2 => Just(None), 1 => Just(Some(0u64)), 3 => (0u64..3_000).prop_map(Some)]
+    prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(0u64)),
+        3 => (0u64..3_000).prop_map(Some),
+        1 => (0u64..60_000).prop_map(Some),
+    ]
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => content_length().prop_map(Step::Start),
-        8 => prop_oneof![Just(0usize), 1usize..50, 1usize..2_000].prop_map(Step::Push),
+        // The last range crosses chunk::SHARE_FROM: large pushes are shared, not copied.
+        8 => prop_oneof![Just(0usize), 1usize..50, 1usize..2_000, 15_000usize..20_000]
+            .prop_map(Step::Push),
         1 => (0u64..2_000).prop_map(Step::PushFile),
         1 => (0u64..3_000).prop_map(Step::SetLength),
         3 => Just(Step::Flush),
@@ -382,7 +389,7 @@ fn run_response(
                     // Push k carries bytes of value k (k < 256: at most 64 steps).
                     let k = pushed.lengths.len();
                     pushed.lengths.push(*n);
-                    if r.push_data(&vec![k as u8; *n]).is_ok() && *n > 0 {
+                    if r.push_data(&PyBytes::new(py, &vec![k as u8; *n])).is_ok() && *n > 0 {
                         pushed.accepted.push((k, *n));
                     }
                 }

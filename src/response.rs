@@ -2,8 +2,10 @@
 //! keep the wire correct (headers deferred to the first non-empty chunk, Content-Length
 //! never overrun, a broken or short body aborted instead of looking complete).
 
+use crate::chunk::Chunk;
 use crate::server::{ClientGone, Flow, LogLevel, OutputEvent, ResponseHead, ResponseSink};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use std::fs::File;
 use std::sync::Arc;
 
@@ -53,19 +55,20 @@ impl Response {
     }
 
     /// Queues `data` as body bytes (with the head before the first non-empty chunk).
-    pub fn push_data(&mut self, data: &[u8]) -> Result<(), Stop> {
-        if data.is_empty() {
+    pub fn push_data(&mut self, data: &Bound<'_, PyBytes>) -> Result<(), Stop> {
+        let len = data.as_bytes().len();
+        if len == 0 {
             return Ok(());
         }
         self.check_open()?;
-        let allowed = self.room(data.len() as u64) as usize;
+        let allowed = self.room(len as u64) as usize;
         self.send_head_once();
         if allowed > 0 {
             self.pending
-                .push(OutputEvent::Data(data[..allowed].to_vec()));
+                .push(OutputEvent::Data(Chunk::from_bytes(data, allowed)));
             self.sent += allowed as u64;
         }
-        if allowed < data.len() {
+        if allowed < len {
             return Err(self.mark_overrun());
         }
         Ok(())

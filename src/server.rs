@@ -2,6 +2,7 @@
 //! request ([`Request`], a [`BodyReader`]) and where the response goes ([`ResponseSink`]).
 //! Everything here is plain Rust data; the engine never sees an nginx or Apache struct.
 
+pub use crate::chunk::Chunk;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io;
@@ -83,7 +84,8 @@ pub struct ResponseHead {
 #[derive(Debug)]
 pub enum OutputEvent {
     Head(ResponseHead),
-    Data(Vec<u8>),
+    /// Body bytes; read as `&[u8]` (see [`Chunk`]).
+    Data(Chunk),
     /// Send `len` bytes of `file` starting at `offset` (sendfile where the server can).
     File {
         file: File,

@@ -135,7 +135,7 @@ impl StartResponse {
             PyTypeError::new_err(format!("write() takes bytes, not {}", data.get_type()))
         })?;
         let mut response = self.lock()?;
-        response.push_data(data.as_bytes()).map_err(stop_error)?;
+        response.push_data(data).map_err(stop_error)?;
         response.flush(py).map_err(stop_error)
     }
 }

@@ -150,6 +150,29 @@ def test_large_streamed_response_integrity(server):
         assert r2.body == b"Hello, world!\n"
 
 
+def test_large_chunks_intact_while_client_lags(server):
+    """Large chunks reach the server without a copy (src/chunk.rs keeps the app's bytes
+    object alive instead). Each chunk here is dropped by the app as soon as it is yielded
+    and its memory is fair game for the garbage that follows, while the client does not
+    read: every chunk must still arrive exactly as yielded."""
+    n, size = 48, 65536
+    c = Conn(server.port, rcvbuf=65536)
+    try:
+        c.send(build_request("GET", f"/stream/distinct?n={n}&size={size}",
+                             headers=[("Connection", "close")], host="x"))
+        time.sleep(1.0)  # not reading: nginx and Apache hold what the app yielded
+        c.sock.settimeout(30)
+        raw = c.read_to_eof()
+    finally:
+        c.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == n * size
+    for i in range(n):
+        want = (b"%08d" % i) * (size // 8)
+        assert body[i * size:(i + 1) * size] == want, f"chunk {i} damaged"
+
+
 @pytest.mark.parametrize("path", ["/stream/big?total=1048576&chunk=65536&token={t}",
                                   "/stream/chunks?n=40000&token={t}"],
                          ids=["content-length", "chunked"])

@@ -8,7 +8,7 @@ use crate::apr::{insert_tail, pstr};
 use crate::bindings::*;
 use crate::live::{Finish, Live, State};
 use crate::log::{self, Level};
-use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseHead};
+use rwsgi::{Chunk, ClientGone, LogLevel, OutputEvent, ResponseHead};
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::os::fd::IntoRawFd;
@@ -62,7 +62,7 @@ unsafe fn deliver(state: &mut State, events: &mut Vec<OutputEvent>) -> Result<()
         let alloc = (*(*r).connection).bucket_alloc;
         // Transient buckets point into these until the brigade is passed: a filter that
         // keeps data past ap_pass_brigade must set it aside (copy) by contract.
-        let mut keep: Vec<Vec<u8>> = Vec::new();
+        let mut keep: Vec<Chunk> = Vec::new();
         let mut finish = None;
         let mut has_body = false;
         for event in events.drain(..) {

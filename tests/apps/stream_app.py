@@ -18,6 +18,8 @@ def application(environ, start_response):
     mode = environ.get("PATH_INFO", "")
     if mode == "/big":
         return big(qs, start_response)
+    if mode == "/distinct":
+        return distinct(qs, start_response)
     n = int(qs.get("n", "3"))
     delay = float(qs.get("delay", "0"))
     headers = [("Content-Type", "text/plain")]
@@ -53,4 +55,20 @@ def big(qs, start_response):
                 mark(token + ".progress", str(sent))
         finally:
             mark(token + ".done", str(sent))
+    return gen()
+
+
+def distinct(qs, start_response):
+    """`n` chunks of `size` bytes, each a new bytes object that only the server still
+    refers to once yielded; garbage of the same size is allocated and scribbled over
+    between chunks, so memory freed too early would be reused and show in the body."""
+    n, size = int(qs["n"]), int(qs["size"])
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(n * size))])
+
+    def gen():
+        for i in range(n):
+            yield (b"%08d" % i) * (size // 8)
+            junk = bytearray(b"\xff" * size)
+            del junk
     return gen()

@@ -1,0 +1,75 @@
+//! Body bytes on their way to the server. A large chunk is not copied: it keeps the app's
+//! `bytes` object alive, and with it the buffer the server writes from, until the server
+//! drops the chunk. A small one is copied, which costs less than handing a Python
+//! reference between threads. The server sees either as a plain `&[u8]` and needs no GIL.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::ops::Deref;
+
+/// Chunks at least this long are shared rather than copied.
+pub const SHARE_FROM: usize = 16 * 1024;
+
+pub struct Chunk(Inner);
+
+enum Inner {
+    Copied(Vec<u8>),
+    Shared {
+        ptr: *const u8,
+        len: usize,
+        /// Keeps `ptr..ptr+len` valid. Dropped on whatever thread the server drops the
+        /// chunk: without the GIL, pyo3 defers the decref to the next thread that attaches.
+        _owner: Py<PyBytes>,
+    },
+}
+
+// SAFETY: a bytes object is immutable and its buffer lives as long as the object, which
+// `_owner` keeps alive; reading it needs no GIL, and dropping `_owner` is safe on any
+// thread (see above). So the chunk may be read on, and moved to, any thread.
+unsafe impl Send for Chunk {}
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    pub fn copied(data: &[u8]) -> Chunk {
+        Chunk(Inner::Copied(data.to_vec()))
+    }
+
+    /// The first `len` bytes of `bytes` (all of them if it is shorter).
+    pub fn from_bytes(bytes: &Bound<'_, PyBytes>, len: usize) -> Chunk {
+        let data = bytes.as_bytes();
+        let len = len.min(data.len());
+        if len < SHARE_FROM {
+            return Chunk::copied(&data[..len]);
+        }
+        Chunk(Inner::Shared {
+            ptr: data.as_ptr(),
+            len,
+            _owner: bytes.clone().unbind(),
+        })
+    }
+
+    /// True when the chunk borrows a Python object instead of owning a copy.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Inner::Shared { .. })
+    }
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Inner::Copied(v) => v,
+            // SAFETY: ptr..ptr+len lies in the buffer of the bytes object `_owner` keeps
+            // alive, and bytes objects never change.
+            Inner::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_shared() { "shared" } else { "copied" };
+        write!(f, "Chunk({kind}, {} bytes)", self.len())
+    }
+}
