@@ -102,6 +102,7 @@ RATIO_GOALS = [
     ("nginx module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-nginx", "mod_wsgi", "file", 1.0),
     ("Apache module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-apache", "mod_wsgi", "file", 1.0),
 ]
+RSS_SETTLE_S = 0.5   # pause between a run's end and its RSS reading (workers idle by then)
 RSS_FLAT = 1.10   # "RSS stays flat": last round's RSS <= 1.10 x first round's (+1 MiB slack)
 
 
@@ -731,7 +732,7 @@ def write_results(ctx, results, servers, goals, skipped, args, started, elapsed,
         f"server gets one run and the order rotates between rounds.",
         f"- `wrk -t{WRK_THREADS[0]} -c32` (sleep: `-c128`), `--timeout 10s`, keep-alive. req/s = median of the rounds "
         f"(non-2xx responses not counted); p50/p99 = median of the rounds' wrk percentiles.",
-        "- worker RSS = sum of VmRSS of every process below each server's master(s) after the last round "
+        f"- worker RSS = sum of VmRSS of every process below each server's master(s), read {RSS_SETTLE_S} s after the last round "
         "(nginx-uwsgi: nginx workers + uWSGI workers).",
         "- errors = wrk's counts (read/write/connect: socket errors, e.g. Apache's event MPM closing keep-alive "
         "connections when all its threads are busy; status: non-2xx; timeout: > 10 s).",
@@ -956,6 +957,9 @@ def main():
                         cell["note"] = "server died: " + inst.log_tails()[:160]
                         continue
                     r = run_wrk(inst, wl, args.duration)
+                    # Requests wrk cut off at the end are still finishing: measure what
+                    # the idle workers keep, not what those requests hold for a few more ms.
+                    time.sleep(RSS_SETTLE_S)
                     r["rss_kib"] = inst.rss_kib()
                     cell["rounds"].append(r)
                     log(f"  round {rnd + 1} {s:14} {r['good_rps']:>10,.0f} req/s  p50 {r['p50_us'] / 1000:7.2f} ms"

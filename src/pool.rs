@@ -228,6 +228,9 @@ impl Shared {
             }
             if now.duration_since(last_work) >= MONITOR_IDLE {
                 state.monitor_parked = true;
+                drop(state);
+                release_free_memory();
+                state = self.lock();
                 while state.monitor_parked {
                     state = self.monitor.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
@@ -241,6 +244,18 @@ impl Shared {
                     .0;
             }
         }
+    }
+}
+
+/// The pool has gone idle: give the memory that requests freed back to the OS. glibc
+/// keeps freed heap memory for reuse, so without this a worker stays at the size of its
+/// busiest moment (1 MiB uploads at 32 connections left nginx's two workers at 86 MiB;
+/// trimmed, they go back to about 40 MiB once idle). Costs one pass over the free lists.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free pages to the kernel; callable from any thread.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
