@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Chunks at least this long are shared rather than copied.
 pub const SHARE_FROM: usize = 16 * 1024;
@@ -17,14 +18,27 @@ enum Inner {
     Shared {
         ptr: *const u8,
         len: usize,
-        /// Keeps `ptr..ptr+len` valid. Dropped on whatever thread the server drops the
-        /// chunk: without the GIL, pyo3 defers the decref to the next thread that attaches.
-        _owner: Py<PyBytes>,
+        /// Keeps `ptr..ptr+len` valid; always Some until the chunk is dropped. Dropped on
+        /// whatever thread the server drops the chunk: without the GIL, pyo3 defers the
+        /// decref to the next thread that attaches (see [`take_dropped_off_gil`]).
+        owner: Option<Py<PyBytes>>,
     },
 }
 
+/// Set when a shared chunk was dropped by a thread without the GIL.
+static DROPPED_OFF_GIL: AtomicBool = AtomicBool::new(false);
+
+/// True (once) when shared chunks were dropped without the GIL since the last call. Their
+/// bytes objects then wait in pyo3's deferred-decref list until some thread attaches to
+/// Python; in a worker that has gone quiet that could be never, keeping megabytes of
+/// response bodies alive. The server should attach once soon (any `Python::attach` frees
+/// them).
+pub fn take_dropped_off_gil() -> bool {
+    DROPPED_OFF_GIL.swap(false, Ordering::AcqRel)
+}
+
 // SAFETY: a bytes object is immutable and its buffer lives as long as the object, which
-// `_owner` keeps alive; reading it needs no GIL, and dropping `_owner` is safe on any
+// `owner` keeps alive; reading it needs no GIL, and dropping `_owner` is safe on any
 // thread (see above). So the chunk may be read on, and moved to, any thread.
 unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
@@ -44,7 +58,7 @@ impl Chunk {
         Chunk(Inner::Shared {
             ptr: data.as_ptr(),
             len,
-            _owner: bytes.clone().unbind(),
+            owner: Some(bytes.clone().unbind()),
         })
     }
 
@@ -60,9 +74,23 @@ impl Deref for Chunk {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Inner::Copied(v) => v,
-            // SAFETY: ptr..ptr+len lies in the buffer of the bytes object `_owner` keeps
+            // SAFETY: ptr..ptr+len lies in the buffer of the bytes object `owner` keeps
             // alive, and bytes objects never change.
             Inner::Shared { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Inner::Shared { owner, .. } = &mut self.0 {
+            // SAFETY: PyGILState_Check only looks at the calling thread's state.
+            let attached = unsafe { pyo3::ffi::PyGILState_Check() } != 0;
+            drop(owner.take());
+            // After the decref was queued, so whoever sees the flag also sees the object.
+            if !attached {
+                DROPPED_OFF_GIL.store(true, Ordering::Release);
+            }
         }
     }
 }

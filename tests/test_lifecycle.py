@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from harness.common import Mount, pid_alive, wait_until
+from harness.common import Mount, children_of, pid_alive, wait_until
 from harness.http import Conn, build_request, get, timed_stream
 
 # Left out of the validated pass (RWSGI_VALIDATE=1 in `make test`):
@@ -19,6 +19,7 @@ MOUNTS = [
     Mount("/stream", "stream_app.py"),
     Mount("/close", "close_app.py"),
     Mount("/crash", "crash_app.py"),
+    Mount("/body", "body_app.py"),
 ]
 
 
@@ -155,3 +156,50 @@ def test_queue_full_gives_503(make_server):
     join(threads + threads2)
     assert results[0].status == 200 and results2[0].status == 200
     assert get(s.port, "/hello").status == 200
+
+
+def _workers_rss_mib(master: int) -> float:
+    total = 0
+    for pid in children_of(master):
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return total / 1024
+
+
+@pytest.mark.only("nginx")  # the thread pool is nginx's; Apache's threads are its own
+def test_idle_worker_gives_memory_back(make_server):
+    """After a burst of large bodies, the worker's pool goes idle and returns freed memory
+    to the OS (pool.rs, release_free_memory), including the response bodies nginx held
+    without a copy (chunk.rs): RSS falls far below its peak, where glibc alone would keep
+    most of it."""
+    s = make_server(MOUNTS, workers=1, threads=16,
+                    http_extra=["client_body_buffer_size 8m;"])
+    master = s.master_pid
+    body = bytes(range(256)) * (4 << 12)  # 4 MiB
+    results, peak, done = {}, [0.0], threading.Event()
+
+    def echo(i):
+        try:
+            results[i] = Conn(s.port, timeout=30).request("POST", "/body/echo", body=body)
+        except Exception as e:  # recorded, asserted below
+            results[i] = e
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _workers_rss_mib(master))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(2):
+        threads = [threading.Thread(target=echo, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        join(threads)
+    done.set()
+    sampler.join()
+    assert all(getattr(r, "body", None) == body for r in results.values()), results
+    assert peak[0] > 64, f"the burst peaked at only {peak[0]:.0f} MiB: nothing to give back"
+    assert wait_until(lambda: _workers_rss_mib(master) < peak[0] / 2, 3), (
+        f"worker RSS is {_workers_rss_mib(master):.0f} MiB 3 s after the burst "
+        f"(peak {peak[0]:.0f} MiB)")

@@ -152,6 +152,11 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
         while let Some(response) = parked {
             parked = response.resume();
         }
+        // The sink dropped response chunks that kept bytes objects alive without the GIL:
+        // free them now rather than at the next request (see rwsgi::chunk).
+        if rwsgi::chunk::take_dropped_off_gil() {
+            pyo3::Python::attach(|_| ());
+        }
 
         // From here on the app's leftovers (a kept wsgi.input / wsgi.errors) no longer
         // reach this request.

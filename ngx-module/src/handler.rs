@@ -112,7 +112,9 @@ extern "C" fn free_ctx(data: *mut c_void) {
     // SAFETY: data is the Box<RequestCtx> leaked in start_request, freed exactly once here
     // when the request pool is destroyed.
     crate::no_unwind((), || unsafe {
-        drop(Box::from_raw(data as *mut RequestCtx))
+        drop(Box::from_raw(data as *mut RequestCtx));
+        // Pool cleanups run on the event loop.
+        crate::worker::free_dropped_chunks_soon();
     });
 }
 

@@ -273,6 +273,8 @@ unsafe fn wait_for_drain(r: *mut ngx_http_request_t) {
 /// Everything written so far has left nginx: free it and let the thread go on.
 fn release_holding(ctx: &mut RequestCtx) {
     ctx.holding.clear();
+    // SAFETY: on the event loop (every caller is an nginx handler).
+    unsafe { crate::worker::free_dropped_chunks_soon() };
     let bytes = std::mem::take(&mut ctx.holding_bytes);
     ctx.exchange.acknowledge(bytes);
 }

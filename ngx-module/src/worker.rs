@@ -120,6 +120,27 @@ fn hold_gil(drain: &mut dyn FnMut()) {
     Python::attach(|_| drain());
 }
 
+/// Response chunks that kept the app's bytes objects alive (rwsgi::chunk) were dropped
+/// here, off the GIL: queue a job that attaches to Python, which frees them now instead of
+/// whenever the next request comes.
+///
+/// SAFETY: event-loop thread only (wake_pool_soon).
+pub unsafe fn free_dropped_chunks_soon() {
+    if !rwsgi::chunk::take_dropped_off_gil() {
+        return;
+    }
+    if let Some(worker) = get() {
+        // A full queue means requests are coming, and each of them attaches anyway.
+        if worker
+            .pool
+            .enqueue(Box::new(|| Python::attach(|_| ())))
+            .is_ok()
+        {
+            wake_pool_soon();
+        }
+    }
+}
+
 /// Posted once per event-loop iteration that queued requests, so one pool thread is woken
 /// for all of them instead of one wake-up per request.
 static mut WAKE_EVENT: std::mem::MaybeUninit<ngx_event_t> = std::mem::MaybeUninit::zeroed();
