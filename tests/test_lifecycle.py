@@ -189,6 +189,7 @@ def test_idle_worker_gives_memory_back(make_server):
             peak[0] = max(peak[0], _workers_rss_mib(master))
             time.sleep(0.01)
 
+    before = _workers_rss_mib(master)
     sampler = threading.Thread(target=sample)
     sampler.start()
     for _ in range(2):
@@ -199,7 +200,9 @@ def test_idle_worker_gives_memory_back(make_server):
     done.set()
     sampler.join()
     assert all(getattr(r, "body", None) == body for r in results.values()), results
-    assert peak[0] > 64, f"the burst peaked at only {peak[0]:.0f} MiB: nothing to give back"
-    assert wait_until(lambda: _workers_rss_mib(master) < peak[0] / 2, 3), (
+    grown = peak[0] - before
+    assert grown > 24, f"the burst added only {grown:.0f} MiB: nothing to give back"
+    # Kept after 3 s: under a third of what the burst added (glibc alone keeps most of it).
+    assert wait_until(lambda: _workers_rss_mib(master) - before < grown / 3, 3), (
         f"worker RSS is {_workers_rss_mib(master):.0f} MiB 3 s after the burst "
-        f"(peak {peak[0]:.0f} MiB)")
+        f"({before:.0f} MiB before it, {peak[0]:.0f} MiB at its peak)")
