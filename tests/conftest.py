@@ -117,37 +117,38 @@ def serve(kind, mounts, prepare=None, **opts):
         s.cleanup()
 
 
+def _servers(make):
+    """A fixture body: yields a factory of servers built by `make`, and stops and removes
+    every one of them at the end of the test."""
+    created = []
+
+    def factory():
+        s = make()
+        created.append(s)
+        return s
+
+    yield factory
+    for s in created:
+        s.stop()
+        s.cleanup()
+
+
+def _checked_apache():
+    s = ApacheServer()
+    s.check_module()
+    return s
+
+
 @pytest.fixture
 def apache():
     """Apache-only tests: a factory of ApacheServer instances (each checked for the
     module), all stopped and removed at the end of the test."""
-    created = []
-
-    def factory():
-        s = ApacheServer()
-        s.check_module()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
+    yield from _servers(_checked_apache)
 
 
 @pytest.fixture
 def new_server(kind):
-    created = []
-
-    def factory():
-        s = SERVERS[kind]()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
+    yield from _servers(SERVERS[kind])
 
 
 # A worker that dies on a signal is respawned by both servers, which would hide a crash
