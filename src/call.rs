@@ -16,7 +16,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 /// Facts about the hosting server that every environ carries.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +138,7 @@ fn run_in_python(
         }
         Err(e) => {
             log_exception(py, sink, &context(), &e);
-            Outcome::Finished(finish(sink, &start_response, true))
+            Outcome::Finished(finish(sink, &start_response, true, &context))
         }
     }
 }
@@ -167,7 +168,7 @@ fn conclude(
             true
         }
     };
-    Outcome::Finished(finish(sink, start_response, failed))
+    Outcome::Finished(finish(sink, start_response, failed, context))
 }
 
 /// The response's last batch (see [`Response::finish`]).
@@ -175,9 +176,15 @@ fn finish(
     sink: &Arc<dyn ResponseSink>,
     start_response: &Bound<'_, StartResponse>,
     failed: bool,
+    context: &dyn Fn() -> String,
 ) -> Vec<OutputEvent> {
     match start_response.get().lock() {
-        Ok(mut response) => response.finish(failed),
+        Ok(mut response) => {
+            if response.dropped_body {
+                warn_dropped_body(sink, context());
+            }
+            response.finish(failed)
+        }
         Err(_) => {
             sink.log(
                 LogLevel::Error,
@@ -232,7 +239,9 @@ fn continue_body<'py>(
 ) -> PyResult<Option<Bound<'py, PyIterator>>> {
     let sent = match walk_body(py, start_response, iterable, iterator) {
         Ok(Some(iterator)) => return Ok(Some(iterator)),
-        Ok(None) | Err(BodyError::Stop(Stop::ClientGone | Stop::Overrun)) => Ok(()),
+        Ok(None) | Err(BodyError::Stop(Stop::ClientGone | Stop::Overrun | Stop::Bodyless)) => {
+            Ok(())
+        }
         Err(BodyError::Stop(stop)) => Err(stop_error(stop)),
         Err(BodyError::Python(e)) => Err(e),
     };
@@ -347,6 +356,27 @@ fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, P
                 .unwrap_or_default()
         ))
     })
+}
+
+/// Apps already told that they send a body with a status that has none: such an app
+/// (Django's `HttpResponse(text, status=204)`) does it on every request, and one line
+/// per app says what the log needs to.
+static WARNED_DROPPED_BODY: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn warn_dropped_body(sink: &Arc<dyn ResponseSink>, app: String) {
+    let mut warned = WARNED_DROPPED_BODY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if warned.insert(app.clone()) {
+        drop(warned);
+        sink.log(
+            LogLevel::Warn,
+            &format!(
+                "{app} returned a body with a 204 or 304 status, which has none: the body \
+                 was dropped and the iterable closed (logged once per application)"
+            ),
+        );
+    }
 }
 
 /// Logs an exception with its traceback, one log entry per line.

@@ -6,6 +6,7 @@ use crate::server::{ExtraValue, Request};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
+use std::borrow::Cow;
 
 /// The CGI name of a request header: `User-Agent` → `HTTP_USER_AGENT`. None for names
 /// the environ must not carry: names with `_` (they would alias a dashed name and let a
@@ -63,6 +64,25 @@ pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
+/// True when the server's configuration says the client's connection is TLS although this
+/// one is not: an `HTTPS` key of on, 1, yes or true (any case) among the server's own
+/// keys, as a TLS-terminating proxy setup adds (nginx `wsgi_param HTTPS on;`, Apache
+/// `SetEnvIf X-Forwarded-Proto https HTTPS=1`); mod_wsgi reads it the same way. A client
+/// cannot set it: its `HTTPS:` request header becomes `HTTP_HTTPS`, never a server key.
+pub fn https_configured(extra: &[(Cow<'static, str>, ExtraValue)]) -> bool {
+    extra.iter().any(|(key, value)| {
+        let value: &[u8] = match value {
+            ExtraValue::Str(v) => v,
+            ExtraValue::Static(v) => v.as_bytes(),
+            ExtraValue::IntTuple(_) => return false,
+        };
+        key == "HTTPS"
+            && [&b"on"[..], b"1", b"yes", b"true"]
+                .iter()
+                .any(|t| value.trim_ascii().eq_ignore_ascii_case(t))
+    })
+}
+
 /// Bytes → str the PEP 3333 way: each byte becomes the code point of the same value.
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
     if bytes.is_ascii() {
@@ -114,8 +134,10 @@ pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> P
             ExtraValue::IntTuple(v) => env.set_item(key.as_ref(), PyTuple::new(py, v)?)?,
         }
     }
-    let scheme = if req.https {
+    if req.https {
         env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+    }
+    let scheme = if req.https || https_configured(&req.extra) {
         intern!(py, "https")
     } else {
         intern!(py, "http")
@@ -155,6 +177,19 @@ mod tests {
         assert_eq!(cgi_header_key(b"X_Forwarded_For"), None);
         assert_eq!(cgi_header_key(b"Proxy"), None);
         assert_eq!(cgi_header_key(b"Bad Name"), None);
+    }
+
+    #[test]
+    fn https_from_the_server_configuration() {
+        let with = |value: &str| vec![(Cow::Borrowed("HTTPS"), ExtraValue::Str(value.into()))];
+        for on in ["on", "ON", "1", "yes", "True", " on "] {
+            assert!(https_configured(&with(on)), "{on:?}");
+        }
+        for off in ["off", "0", "", "no", "https"] {
+            assert!(!https_configured(&with(off)), "{off:?}");
+        }
+        let other = vec![(Cow::Borrowed("HTTP_HTTPS"), ExtraValue::Static("on"))];
+        assert!(!https_configured(&other));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! methods PEP 3333 requires (read, read(n), readline, readline(size), readlines,
 //! iteration). Reads from the server happen without the GIL.
 
+use crate::py_bytes::{self, BytesBuilder};
 use crate::server::BodyReader;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -27,14 +28,14 @@ impl Buffered {
         &self.buf[self.pos..]
     }
 
-    /// Reads one more block from the server with the GIL released.
-    fn fill(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Reads up to `max` more bytes (at most one block) from the server, GIL released.
+    fn fill(&mut self, py: Python<'_>, max: usize) -> PyResult<()> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
         let start = self.buf.len();
-        self.buf.resize(start + FILL_SIZE, 0);
+        self.buf.resize(start + max.min(FILL_SIZE), 0);
         let reader = &mut self.reader;
         let target = &mut self.buf[start..];
         let result = py.detach(|| reader.read(target));
@@ -42,9 +43,7 @@ impl Buffered {
             Ok(n) => n,
             Err(e) => {
                 self.buf.truncate(start);
-                return Err(pyo3::exceptions::PyOSError::new_err(format!(
-                    "error reading the request body: {e}"
-                )));
+                return Err(read_error(e));
             }
         };
         self.buf.truncate(start + n);
@@ -61,6 +60,24 @@ impl Buffered {
         out
     }
 
+    /// Reads up to `max` bytes from the server straight into `out` (GIL released).
+    fn read_into(
+        &mut self,
+        py: Python<'_>,
+        out: &mut BytesBuilder<'_>,
+        max: usize,
+    ) -> PyResult<()> {
+        let target = out.spare_block(max.min(FILL_SIZE))?;
+        let reader = &mut self.reader;
+        // The object is not shared yet: filling it without the GIL is safe.
+        let n = py.detach(|| reader.read(target)).map_err(read_error)?;
+        out.commit(n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
     /// The rest of the body straight into one bytes object, when nothing is buffered and
     /// the server knows how much is left (the common `read()` of a whole body).
     fn read_rest_direct<'py>(
@@ -75,42 +92,78 @@ impl Buffered {
             return Ok(None);
         }
         let reader = &mut self.reader;
-        let bytes = new_bytes_filled(py, left as usize, |target| {
+        let bytes = py_bytes::new_filled(py, left as usize, |target| {
             // The new object is not shared yet: filling it without the GIL is safe.
             py.detach(|| read_full(reader.as_mut(), target))
-                .map_err(|e| {
-                    pyo3::exceptions::PyOSError::new_err(format!(
-                        "error reading the request body: {e}"
-                    ))
-                })
+                .map_err(read_error)
         })?;
         self.eof = true;
         Ok(Some(bytes))
     }
 
-    fn read(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
-        while !self.eof && size.is_none_or(|n| self.available().len() < n) {
-            self.fill(py)?;
+    /// Up to `size` bytes (all the rest for None). A small read is served from the block
+    /// buffer; a large one goes straight into the bytes object returned, so the body is
+    /// held once, not in a buffer and then again in its copy.
+    fn read<'py>(&mut self, py: Python<'py>, size: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
+        let want = size.unwrap_or(usize::MAX);
+        if want <= FILL_SIZE {
+            while !self.eof && self.available().len() < want {
+                self.fill(py, FILL_SIZE)?;
+            }
+            return Ok(PyBytes::new(py, self.take(want)));
         }
-        let n = size.unwrap_or(usize::MAX);
-        Ok(self.take(n).to_vec())
+        let mut out = BytesBuilder::with_capacity(py, self.available().len().max(FILL_SIZE))?;
+        out.extend(self.take(want))?;
+        while !self.eof && out.len() < want {
+            let rest = want - out.len();
+            self.read_into(py, &mut out, rest)?;
+        }
+        out.finish()
     }
 
-    fn readline(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+    /// One line, at most `size` bytes. Bytes that cannot end the line move out of the block
+    /// buffer into the object returned as they arrive, and no more is read from the
+    /// server than `size` allows: memory stays at the line plus one block.
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<usize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let limit = size.unwrap_or(usize::MAX);
-        let mut scanned = 0;
+        let mut out: Option<BytesBuilder<'py>> = None;
         loop {
-            let avail = self.available();
-            if let Some(i) = avail[scanned..].iter().position(|&b| b == b'\n') {
-                return Ok(self.take((scanned + i + 1).min(limit)).to_vec());
+            let got = out.as_ref().map_or(0, BytesBuilder::len);
+            let room = limit - got;
+            let window = self.available().len().min(room);
+            let end = match self.available()[..window].iter().position(|&b| b == b'\n') {
+                Some(i) => Some(i + 1),
+                None if window == room || self.eof => Some(window),
+                None => None,
+            };
+            if let Some(end) = end {
+                return match out {
+                    None => Ok(PyBytes::new(py, self.take(end))),
+                    Some(mut out) => {
+                        out.extend(self.take(end))?;
+                        out.finish()
+                    }
+                };
             }
-            scanned = avail.len();
-            if scanned >= limit || self.eof {
-                return Ok(self.take(limit).to_vec());
+            // Everything buffered belongs to the line, and the line goes on.
+            if window > 0 {
+                let line = match out.as_mut() {
+                    Some(line) => line,
+                    None => out.insert(BytesBuilder::with_capacity(py, 2 * FILL_SIZE)?),
+                };
+                line.extend(self.take(window))?;
             }
-            self.fill(py)?;
+            self.fill(py, room - window)?;
         }
     }
+}
+
+fn read_error(e: std::io::Error) -> PyErr {
+    pyo3::exceptions::PyOSError::new_err(format!("error reading the request body: {e}"))
 }
 
 impl Input {
@@ -134,34 +187,6 @@ impl Input {
             .map_err(|_| PyRuntimeError::new_err("wsgi.input is being read by another thread"))?;
         f(&mut guard)
     }
-}
-
-/// A new bytes object of `len` bytes, every one written by `fill`. Unlike
-/// `PyBytes::new_with` the buffer is not zeroed first: for a 1 MiB upload that memset
-/// cost about as much CPU as the copy that follows (9% of the worker in a profile).
-fn new_bytes_filled<'py>(
-    py: Python<'py>,
-    len: usize,
-    fill: impl FnOnce(&mut [u8]) -> PyResult<()>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new reference to a bytes object
-    // with an n-byte buffer that the caller may write until the object is shared (or NULL
-    // with an exception set, which from_owned_ptr_or_err turns into Err).
-    let obj = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t),
-        )?
-    };
-    // SAFETY: obj is a bytes object of exactly `len` bytes that nobody else refers to yet.
-    // `fill` (read_full) only writes the slice, and either writes all of it or fails, in
-    // which case the object is dropped unread: no byte is ever read before it is written.
-    let buf = unsafe {
-        std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8, len)
-    };
-    fill(buf)?;
-    // SAFETY: created as bytes above.
-    Ok(unsafe { obj.cast_into_unchecked() })
 }
 
 fn read_full(reader: &mut dyn BodyReader, mut target: &mut [u8]) -> std::io::Result<()> {
@@ -189,14 +214,13 @@ impl Input {
     fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
         self.with_state(|s| match s.read_rest_direct(py, limit(size))? {
             Some(bytes) => Ok(bytes),
-            None => Ok(PyBytes::new(py, &s.read(py, limit(size))?)),
+            None => s.read(py, limit(size)),
         })
     }
 
     #[pyo3(signature = (size = None))]
     fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with_state(|s| s.readline(py, limit(size)))?;
-        Ok(PyBytes::new(py, &data))
+        self.with_state(|s| s.readline(py, limit(size)))
     }
 
     #[pyo3(signature = (hint = None))]
@@ -206,11 +230,11 @@ impl Input {
         let mut total = 0;
         loop {
             let line = self.with_state(|s| s.readline(py, None))?;
-            if line.is_empty() {
+            if line.as_bytes().is_empty() {
                 break;
             }
-            total += line.len();
-            lines.append(PyBytes::new(py, &line))?;
+            total += line.as_bytes().len();
+            lines.append(line)?;
             if hint.is_some_and(|h| total >= h) {
                 break;
             }
@@ -224,7 +248,7 @@ impl Input {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.with_state(|s| s.readline(py, None))?;
-        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+        Ok((!line.as_bytes().is_empty()).then_some(line))
     }
 
     fn readable(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod file_wrapper;
 pub mod input;
 pub mod interpreter;
 pub mod pool;
+pub mod py_bytes;
 pub mod response;
 pub mod server;
 pub mod start_response;

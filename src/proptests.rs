@@ -6,7 +6,8 @@
 //!   in random short reads.
 //! - [`Response`] framing: whatever the app pushes (data, files, Content-Length or not,
 //!   start_response late or replaced), whether it fails, whether the client leaves and
-//!   whether the request is HEAD, the events handed to the server keep HTTP framing right.
+//!   whether the request is HEAD or the status one without a body (204, 304), the events
+//!   handed to the server keep HTTP framing right.
 
 use crate::input::Input;
 use crate::response::Response;
@@ -356,6 +357,7 @@ struct Pushed {
 fn run_response(
     starts_with_head: Option<Option<u64>>,
     steps: &[Step],
+    status: u16,
     head_request: bool,
     app_failed: bool,
 ) -> (Arc<Recorder>, Pushed) {
@@ -372,8 +374,8 @@ fn run_response(
             // start_response.rs replaces the head only while nothing was sent.
             if !r.head_sent {
                 r.head = Some(ResponseHead {
-                    status: 200,
-                    status_line: "200 OK".into(),
+                    status,
+                    status_line: format!("{status} X"),
                     headers: vec![("Content-Type".into(), "text/plain".into())],
                     content_length: cl,
                 });
@@ -417,11 +419,13 @@ proptest! {
     fn response_framing_is_sound(
         starts_with_head in prop_oneof![1 => Just(None), 4 => content_length().prop_map(Some)],
         steps in vec(step(), 0..40),
+        status in prop_oneof![4 => Just(200u16), 1 => Just(204u16), 1 => Just(304u16)],
         head_request in any::<bool>(),
         app_failed in any::<bool>(),
     ) {
         python();
-        let (rec, pushed) = run_response(starts_with_head, &steps, head_request, app_failed);
+        let (rec, pushed) = run_response(starts_with_head, &steps, status, head_request, app_failed);
+        let bodyless = head_request || crate::status::forbids_body(status);
         let calls = rec.calls.lock().unwrap().clone();
         let logs = rec.logs.lock().unwrap().clone();
         let events: Vec<Ev> = calls.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
@@ -454,6 +458,11 @@ proptest! {
         if let Some(cl) = cl {
             prop_assert!(bytes <= cl, "{} bytes over Content-Length {}\n{}", bytes, cl, trace);
         }
+        // No body at all after a HEAD request or a 204 / 304 head: the server would send
+        // it, and the next response on the connection would start inside it.
+        if bodyless {
+            prop_assert_eq!(bytes, 0, "body after a head that allows none\n{}", trace);
+        }
 
         // Fail (an error page) only when no head went out; End only for a complete body.
         match last {
@@ -464,7 +473,7 @@ proptest! {
             Ev::End => {
                 prop_assert_eq!(heads.len(), 1, "End without a head\n{}", trace);
                 prop_assert!(!app_failed, "End after the app failed\n{}", trace);
-                if let (Some(cl), false) = (cl, head_request) {
+                if let (Some(cl), false) = (cl, bodyless) {
                     prop_assert_eq!(bytes, cl, "End of a short body\n{}", trace);
                 }
             }
@@ -515,7 +524,7 @@ proptest! {
             if !started {
                 prop_assert_eq!(&last, &Ev::Fail(500), "{}", trace);
                 prop_assert!(logs.iter().any(|l| l.contains("start_response")), "{}", trace);
-            } else if cl.is_some_and(|cl| bytes < cl) && !head_request {
+            } else if cl.is_some_and(|cl| bytes < cl) && !bodyless {
                 prop_assert_eq!(&last, &Ev::Abort, "{}", trace);
                 prop_assert!(logs.iter().any(|l| l.contains("fewer than its Content-Length")),
                     "short body not logged\n{}", trace);

@@ -1,9 +1,11 @@
 //! The state of one response: what start_response set, what went out, and the rules that
 //! keep the wire correct (headers deferred to the first non-empty chunk, Content-Length
-//! never overrun, a broken or short body aborted instead of looking complete).
+//! never overrun, no body at all after a HEAD request or a 204 / 304 status, a broken or
+//! short body aborted instead of looking complete).
 
 use crate::chunk::Chunk;
 use crate::server::{ClientGone, Flow, LogLevel, OutputEvent, ResponseHead, ResponseSink};
+use crate::status::forbids_body;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::fs::File;
@@ -22,8 +24,10 @@ pub struct Response {
     pub gone: bool,
     /// The app wrote past its Content-Length; the rest is dropped.
     overrun: bool,
-    /// HEAD request: the server sends no body, so a short body is not an error.
+    /// HEAD request: no body goes out, so a short body is not an error.
     head_request: bool,
+    /// The app produced body bytes for a status that forbids a body; they were dropped.
+    pub dropped_body: bool,
 }
 
 /// Why the body cannot go on.
@@ -34,6 +38,9 @@ pub enum Stop {
     Overrun,
     /// Body bytes before start_response: an application error.
     NotStarted,
+    /// No body may follow this head (HEAD request, 204, 304): the body ends here, and
+    /// the bytes offered were dropped.
+    Bodyless,
 }
 
 impl Response {
@@ -47,6 +54,7 @@ impl Response {
             gone: false,
             overrun: false,
             head_request,
+            dropped_body: false,
         }
     }
 
@@ -61,6 +69,7 @@ impl Response {
             return Ok(());
         }
         self.check_open()?;
+        self.check_body_allowed()?;
         let allowed = self.room(len as u64) as usize;
         self.send_head_once();
         if allowed > 0 {
@@ -77,6 +86,9 @@ impl Response {
     /// Queues a byte range of a real file.
     pub fn push_file(&mut self, file: File, offset: u64, len: u64) -> Result<(), Stop> {
         self.check_open()?;
+        if len > 0 {
+            self.check_body_allowed()?;
+        }
         let allowed = self.room(len);
         if allowed == 0 && len > 0 {
             return Err(self.mark_overrun());
@@ -96,7 +108,7 @@ impl Response {
     /// Sets Content-Length when the app gave none and the whole body is known.
     pub fn set_length_if_unset(&mut self, len: u64) {
         if let Some(head) = self.head.as_mut() {
-            if head.content_length.is_none() && !self.head_sent {
+            if head.content_length.is_none() && !self.head_sent && !forbids_body(head.status) {
                 head.content_length = Some(len);
             }
         }
@@ -203,6 +215,19 @@ impl Response {
         }
     }
 
+    /// Refuses body bytes after a head that allows none. The caller stops the body there
+    /// (closing the iterable): whatever the app goes on to produce would be dropped too.
+    fn check_body_allowed(&mut self) -> Result<(), Stop> {
+        if self.head_request {
+            return Err(Stop::Bodyless);
+        }
+        if self.head.as_ref().is_some_and(|h| forbids_body(h.status)) {
+            self.dropped_body = true;
+            return Err(Stop::Bodyless);
+        }
+        Ok(())
+    }
+
     /// How many of `len` more bytes fit under Content-Length.
     fn room(&self, len: u64) -> u64 {
         match self.head.as_ref().and_then(|h| h.content_length) {
@@ -223,7 +248,7 @@ impl Response {
     }
 
     fn short_by(&self) -> u64 {
-        if self.head_request {
+        if self.head_request || self.head.as_ref().is_some_and(|h| forbids_body(h.status)) {
             return 0;
         }
         match self.head.as_ref().and_then(|h| h.content_length) {

@@ -80,6 +80,10 @@ fn parse_head(
             out.push((name.to_string(), value.to_string()));
         }
     }
+    if status.code == 204 {
+        // RFC 9110 8.6: a 204 carries no Content-Length (its body is dropped anyway).
+        content_length = None;
+    }
     Ok(ResponseHead {
         status: status.code,
         status_line: status.line,
@@ -96,6 +100,8 @@ pub fn stop_error(stop: Stop) -> PyErr {
         Stop::NotStarted => {
             PyAssertionError::new_err("body data before start_response() was called")
         }
+        // Never raised: write() drops such bytes and the body walk ends without an error.
+        Stop::Bodyless => PyOSError::new_err("this response has no body"),
     }
 }
 
@@ -135,7 +141,11 @@ impl StartResponse {
             PyTypeError::new_err(format!("write() takes bytes, not {}", data.get_type()))
         })?;
         let mut response = self.lock()?;
-        response.push_data(data).map_err(stop_error)?;
+        match response.push_data(data) {
+            // HEAD, 204, 304: the bytes are dropped, the app goes on (see Response).
+            Err(Stop::Bodyless) => return Ok(()),
+            other => other.map_err(stop_error)?,
+        }
         response.flush(py).map_err(stop_error)
     }
 }

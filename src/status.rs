@@ -22,16 +22,18 @@ pub struct Status {
     pub line: String,
 }
 
-/// Accepts `"NNN reason"`: three digits 100..=999, a space, then a reason of visible
-/// latin-1 characters and spaces (it may be empty, as in `"200 "`).
+/// Accepts `"NNN reason"`: three digits 200..=999, a space, then a reason of visible
+/// latin-1 characters and spaces (it may be empty, as in `"200 "`). A 1xx code is refused:
+/// the status an app gives is the final one, and an interim response followed by the
+/// app's headers and body would put a second, app-shaped response on the connection.
 pub fn parse_status(line: &str) -> Result<Status, InvalidResponse> {
     let bad = |why: &str| Err(InvalidResponse(format!("invalid status {line:?}: {why}")));
     let bytes = line.as_bytes();
     if bytes.len() < 4 || !bytes[..3].iter().all(u8::is_ascii_digit) || bytes[3] != b' ' {
         return bad("must be three digits, a space and a reason phrase");
     }
-    if bytes[0] == b'0' {
-        return bad("code must be 100..=999");
+    if bytes[0] < b'2' {
+        return bad("code must be 200..=999 (a 1xx status is not a final response)");
     }
     if let Some(c) = line[4..].chars().find(|&c| !is_text_char(c)) {
         return bad(&format!("reason contains {c:?}"));
@@ -41,6 +43,12 @@ pub fn parse_status(line: &str) -> Result<Status, InvalidResponse> {
         code,
         line: line.to_string(),
     })
+}
+
+/// Statuses after which no body bytes may follow the head (RFC 9110 6.4.1): a body sent
+/// anyway would be read by the client as the start of the next response.
+pub fn forbids_body(code: u16) -> bool {
+    code == 204 || code == 304
 }
 
 /// A header name must be an RFC 9110 token: anything else (space, colon, CR, LF, non-ASCII)
@@ -109,6 +117,10 @@ mod tests {
             "200\r\nX: y",
             "200 OK\n",
             "099 x",
+            "100 Continue",
+            "101 Switching Protocols",
+            "103 Early Hints",
+            "199 x",
             "",
         ] {
             assert!(parse_status(s).is_err(), "{s:?} accepted");
@@ -137,7 +149,7 @@ mod tests {
         fn accepted_status_is_one_safe_line(s in "\\PC*|[0-9]{3} .*|.*") {
             if let Ok(st) = parse_status(&s) {
                 prop_assert!(!st.line.contains(['\r', '\n', '\0']));
-                prop_assert!((100..=999).contains(&st.code));
+                prop_assert!((200..=999).contains(&st.code));
                 prop_assert_eq!(&st.line[..3], &st.code.to_string());
             }
         }

@@ -47,6 +47,7 @@ def shared_mounts(kind: str) -> list[Mount]:
         Mount("/files", "file_wrapper_app.py"),
         Mount("/close", "close_app.py"),
         Mount("/v", "validated_app.py"),
+        Mount("/bodyless", "bodyless_app.py"),
     ]
     if kind == "nginx":
         mounts += [

@@ -18,6 +18,8 @@ pub struct Target<'a> {
 }
 
 /// Environ keys the engine or this module set; subprocess_env must not replace them.
+/// HTTPS is not one: configuration sets it behind a TLS-terminating proxy (mod_wsgi's
+/// `SetEnvIf X-Forwarded-Proto https HTTPS=1`), and the engine reads it for the scheme.
 fn reserved(key: &str) -> bool {
     const OWN: &[&str] = &[
         "REQUEST_METHOD",
@@ -31,7 +33,6 @@ fn reserved(key: &str) -> bool {
         "REMOTE_PORT",
         "CONTENT_TYPE",
         "CONTENT_LENGTH",
-        "HTTPS",
         "REQUEST_URI",
         "SCRIPT_FILENAME",
         "DOCUMENT_ROOT",
@@ -330,13 +331,18 @@ mod tests {
             "REQUEST_METHOD",
             "HTTP_HOST",
             "wsgi.input",
-            "HTTPS",
             "mod_wsgi.process_group",
             "SCRIPT_NAME",
         ] {
             assert!(reserved(key), "{key}");
         }
-        for key in ["MY_SETTING", "UNIQUE_ID", "SSL_PROTOCOL", "REDIRECT_STATUS"] {
+        for key in [
+            "MY_SETTING",
+            "UNIQUE_ID",
+            "SSL_PROTOCOL",
+            "REDIRECT_STATUS",
+            "HTTPS",
+        ] {
             assert!(!reserved(key), "{key}");
         }
     }

@@ -30,6 +30,12 @@ pub unsafe fn set_response_head(r: *mut ngx_http_request_t, head: &ResponseHead)
     let out = &mut (*r).headers_out;
     out.status = head.status as ngx_uint_t;
     out.status_line = pool_str(r, head.status_line.as_bytes())?;
+    // nginx's header filter marks 204 and 304 header-only only when status_line is empty,
+    // and we always set it (the app's reason phrase). The engine sends no body after
+    // them; this keeps nginx from adding one of its own (a chunked terminator).
+    if rwsgi::status::forbids_body(head.status) {
+        (*r).set_header_only(1);
+    }
     out.content_length_n = head.content_length.map_or(-1, |n| n as off_t);
     for (name, value) in &head.headers {
         let value = pool_str(r, &latin1_bytes(value))?;

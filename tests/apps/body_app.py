@@ -64,6 +64,12 @@ def application(environ, start_response):
                 break
             lines.append(line)
         out.update(lines=_lines(lines))
+    elif mode == "/readline_len":
+        # Sizes only: the test measures the worker's memory, which a copy would blur.
+        line = inp.readline()
+        out.update(line_len=len(line), rest_len=len(inp.read()))
+    elif mode == "/read_len":
+        out.update(len=len(inp.read()))
     elif mode == "/readlines":
         out.update(lines=_lines(inp.readlines()))
     elif mode == "/iter":

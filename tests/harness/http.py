@@ -142,8 +142,10 @@ class Conn:
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
-    def read_to_eof(self) -> bytes:
-        while self._fill():
+    def read_to_eof(self, limit: int | None = None) -> bytes:
+        """Everything until the server closes; stops early past `limit` bytes (for a
+        server that might never stop sending)."""
+        while (limit is None or len(self.buf) <= limit) and self._fill():
             pass
         out, self.buf = self.buf, b""
         return out
@@ -264,11 +266,11 @@ def build_request(method: str, path: str, body: bytes | None = None,
 
 
 def encode_chunked(body: bytes, size: int = 7000) -> bytes:
-    out = b""
+    parts = []
     for i in range(0, len(body), size):
         part = body[i:i + size]
-        out += b"%x\r\n" % len(part) + part + b"\r\n"
-    return out + b"0\r\n\r\n"
+        parts += [b"%x\r\n" % len(part), part, b"\r\n"]
+    return b"".join(parts) + b"0\r\n\r\n"
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,

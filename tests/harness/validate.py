@@ -31,6 +31,7 @@ UNWRAPPED = {
     "no_callable.py": "has no callable: the test checks the server's own load-error report",
     "reload_app.py": "script reloading watches the mounted file's mtime; a wrapper would hide the edit",
     "validated_app.py": "already runs each of its apps behind wsgiref.validate (test_validator.py)",
+    "bodyless_app.py": "sends bodies with 204 / 304 and gives 1xx statuses on purpose (test_security.py)",
 }
 # Scripts given by absolute path (a missing file, apps written by a test) are never wrapped.
 
