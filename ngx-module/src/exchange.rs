@@ -7,6 +7,11 @@
 //! A streamed body does not hold its thread while the client is slow: `offer` says
 //! "full" past HIGH_WATER, the engine hands back the response parked, and the exchange
 //! keeps it until nginx has sent all but LOW_WATER bytes, then queues it to go on.
+//!
+//! A stream of tiny chunks (server-sent events, a row-by-row export) must not cost memory
+//! per chunk: small chunks the loop has not taken yet are merged into one (up to
+//! rwsgi::chunk::SHARE_FROM), and each body part counts as at least EVENT_COST bytes, so
+//! the window bounds the events waiting as well as their bytes.
 
 use rwsgi::{ClientGone, Flow, LogLevel, OutputEvent, Parked, ResponseSink};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +20,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 const HIGH_WATER: usize = 256 * 1024;
 /// A paused stream goes on when no more than this is still waiting.
 const LOW_WATER: usize = 64 * 1024;
+/// What a body part weighs at least in the window: its event, its buffer and chain link in
+/// nginx and its allocation take about this much whatever its length.
+const EVENT_COST: usize = 256;
+
+/// The bytes a body part of `len` bytes counts for in the window (`unsent`); the loop
+/// acknowledges the same amount once nginx has sent it.
+pub fn cost(len: usize) -> usize {
+    len.max(EVENT_COST)
+}
 
 pub struct Exchange {
     state: Mutex<State>,
@@ -30,7 +44,7 @@ pub struct Exchange {
 pub struct State {
     pub events: Vec<OutputEvent>,
     pub logs: Vec<(LogLevel, String)>,
-    /// Data bytes handed over and not yet sent by nginx.
+    /// Body parts handed over and not yet sent by nginx, counted by `cost`.
     pub unsent: usize,
     /// The client is gone (or the response failed): the thread stops producing.
     pub gone: bool,
@@ -126,10 +140,22 @@ impl Exchange {
         unsafe { crate::worker::wake_pool_soon() };
     }
 
-    /// Thread side: hands `events` to the loop, counting their body bytes as unsent.
+    /// Thread side: hands `events` to the loop, counting their body parts as unsent. A
+    /// small body part joins the one queued before it when the loop has not taken that yet.
     fn queue(&self, state: &mut State, events: &mut Vec<OutputEvent>) {
-        state.unsent += events.iter().map(data_len).sum::<usize>();
-        state.events.append(events);
+        for event in events.drain(..) {
+            if let OutputEvent::Data(data) = &event {
+                if let Some(OutputEvent::Data(last)) = state.events.last_mut() {
+                    let before = cost(last.len());
+                    if last.try_append(data) {
+                        state.unsent += cost(last.len()) - before;
+                        continue;
+                    }
+                }
+                state.unsent += cost(data.len());
+            }
+            state.events.push(event);
+        }
         self.schedule(state);
     }
 
@@ -190,13 +216,6 @@ impl ResponseSink for Exchange {
         }
         state.logs.push((level, message.to_string()));
         self.schedule(&mut state);
-    }
-}
-
-fn data_len(event: &OutputEvent) -> usize {
-    match event {
-        OutputEvent::Data(d) => d.len(),
-        _ => 0,
     }
 }
 

@@ -3,7 +3,7 @@
 //! backpressure through the write event, and the final finalize. Every function here runs
 //! on the event-loop thread.
 
-use crate::exchange::Exchange;
+use crate::exchange::{cost, Exchange};
 use crate::headers::set_response_head;
 use crate::Module;
 use ngx::ffi::*;
@@ -33,6 +33,7 @@ pub struct RequestCtx {
     guard_ticks: u32,
     /// Events whose memory (bytes, files) nginx may still be sending.
     holding: Vec<OutputEvent>,
+    /// What `holding` counts for in the exchange's window (exchange::cost).
     holding_bytes: usize,
     /// The final event has been handled; nothing more may touch the request.
     done: bool,
@@ -128,7 +129,7 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
                     failed = true;
                     continue;
                 }
-                bytes += data.len();
+                bytes += cost(data.len());
                 ctx.holding.push(OutputEvent::Data(data));
                 append(&mut tail, r, b);
                 last_buf = b;
@@ -144,7 +145,7 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
                 last_buf = b;
             }
             // HEAD: no body goes out, but the thread counted these bytes as unsent.
-            OutputEvent::Data(data) => dropped += data.len(),
+            OutputEvent::Data(data) => dropped += cost(data.len()),
             OutputEvent::File { .. } => {}
             final_ @ (OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)) => {
                 final_event = Some(final_);
