@@ -13,6 +13,7 @@ pub mod interpreter;
 pub mod pool;
 pub mod response;
 pub mod server;
+pub mod stack;
 pub mod start_response;
 pub mod status;
 
