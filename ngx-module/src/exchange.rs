@@ -56,6 +56,9 @@ pub struct State {
     waiting: bool,
     /// A streamed response paused for the client (no thread holds it meanwhile).
     parked: Option<Parked>,
+    /// The pool thread running the request's Python work right now (pthread_self, which
+    /// is threading.get_ident()), so the loop can tell where it is stuck.
+    thread: Option<u64>,
 }
 
 impl Exchange {
@@ -116,6 +119,17 @@ impl Exchange {
         }
     }
 
+    /// Thread side: runs a stretch of the request's engine work, recording this thread
+    /// as the one running it meanwhile.
+    fn running(&self, work: impl FnOnce() -> Option<Parked>) -> Option<Parked> {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as u64;
+        self.lock().thread = Some(me);
+        let step = work();
+        self.lock().thread = None;
+        step
+    }
+
     /// Thread side, when the engine returned the response parked: keeps it until the
     /// client has caught up, or goes on right away if it already has (or has left).
     pub fn park(&self, parked: Parked) -> Option<Parked> {
@@ -135,7 +149,7 @@ impl Exchange {
         };
         worker
             .pool
-            .enqueue_admitted(Box::new(move || drive(&me, parked.resume())));
+            .enqueue_admitted(Box::new(move || drive(&me, || parked.resume())));
         // SAFETY: acknowledge and mark_gone run on the event loop.
         unsafe { crate::worker::wake_pool_soon() };
     }
@@ -219,9 +233,13 @@ impl ResponseSink for Exchange {
     }
 }
 
-/// Runs a request's engine work to its end or to its next pause (parking it).
-pub fn drive(exchange: &Exchange, mut step: Option<Parked>) {
+/// Runs a request's engine work (`first`, then each resumption that can go on at once)
+/// to its end or to its next pause (parking it).
+pub fn drive(exchange: &Exchange, first: impl FnOnce() -> Option<Parked>) {
+    let mut step = exchange.running(first);
     while let Some(parked) = step {
-        step = exchange.park(parked).and_then(Parked::resume);
+        step = exchange
+            .park(parked)
+            .and_then(|parked| exchange.running(|| parked.resume()));
     }
 }

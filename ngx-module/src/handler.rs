@@ -83,8 +83,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     let traits = worker.traits;
     let job = Box::new(move || {
         let sink: Arc<dyn ResponseSink> = exchange.clone();
-        let step = rwsgi::run_request(&spec, traits, request, Box::new(body), sink);
-        crate::exchange::drive(&exchange, step);
+        crate::exchange::drive(&exchange, || {
+            rwsgi::run_request(&spec, traits, request, Box::new(body), sink)
+        });
     });
     if let Err(_job) = worker.pool.enqueue(job) {
         ngx_log_error!(
