@@ -119,6 +119,25 @@ impl Exchange {
         }
     }
 
+    /// Loop side, when nginx gives up on the request while its Python work may still run
+    /// (worker_shutdown_timeout): from now on the thread's output is dropped and its body
+    /// reads fail, as after the final event. A parked response is dropped unresumed.
+    /// Returns the thread running the request, if one is.
+    pub fn abandon(&self) -> Option<u64> {
+        let mut state = self.lock();
+        state.finished = true;
+        state.gone = true;
+        let parked = state.parked.take();
+        let thread = state.thread;
+        let waiting = state.waiting;
+        drop(state);
+        if waiting {
+            self.drained.notify_all();
+        }
+        drop(parked);
+        thread
+    }
+
     /// Thread side: runs a stretch of the request's engine work, recording this thread
     /// as the one running it meanwhile.
     fn running(&self, work: impl FnOnce() -> Option<Parked>) -> Option<Parked> {

@@ -398,25 +398,37 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
     })
 }
 
-/// The thread is done with the request: give it back to nginx.
+/// Takes the request out of the thread's hands: nothing more from the exchange reaches
+/// it, nginx may free it (no longer blocked), and the guard no longer keeps the worker.
+/// False if that happened already.
 ///
-/// SAFETY: ctx is live; after ngx_http_finalize_request the request (and ctx) may be gone.
-pub unsafe fn finish(ctx: &mut RequestCtx, rc: ngx_int_t) {
+/// SAFETY: ctx is live; on the event loop.
+pub unsafe fn release(ctx: &mut RequestCtx) -> bool {
     if ctx.done {
-        return;
+        return false;
     }
     ctx.done = true;
     ctx.exchange.lock().finished = true;
-    let r = ctx.r;
-    let c = (*r).connection;
     if ctx.blocked {
-        let main = (*r).main;
+        let main = (*ctx.r).main;
         (*main).set_blocked((*main).blocked() - 1);
         ctx.blocked = false;
     }
     if ctx.guard.timer_set() != 0 {
         ngx_del_timer(&mut ctx.guard);
     }
+    true
+}
+
+/// The thread is done with the request: give it back to nginx.
+///
+/// SAFETY: ctx is live; after ngx_http_finalize_request the request (and ctx) may be gone.
+pub unsafe fn finish(ctx: &mut RequestCtx, rc: ngx_int_t) {
+    if !release(ctx) {
+        return;
+    }
+    let r = ctx.r;
+    let c = (*r).connection;
     let rc = if (*c).error() != 0 {
         NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
     } else {
