@@ -62,6 +62,19 @@ impl Chunk {
         })
     }
 
+    /// Appends `data` to a copied chunk while the result stays under [`SHARE_FROM`], so a
+    /// run of tiny chunks reaches the client as one write instead of one each. Returns
+    /// false, changing nothing, for a shared chunk or when the result would be longer.
+    pub fn try_append(&mut self, data: &[u8]) -> bool {
+        match &mut self.0 {
+            Inner::Copied(bytes) if bytes.len() + data.len() < SHARE_FROM => {
+                bytes.extend_from_slice(data);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// True when the chunk borrows a Python object instead of owning a copy.
     pub fn is_shared(&self) -> bool {
         matches!(self.0, Inner::Shared { .. })
@@ -99,5 +112,37 @@ impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = if self.is_shared() { "shared" } else { "copied" };
         write!(f, "Chunk({kind}, {} bytes)", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_copied_chunks_append_up_to_share_from() {
+        let mut chunk = Chunk::copied(b"ab");
+        assert!(chunk.try_append(b"cd"));
+        assert_eq!(&*chunk, b"abcd");
+        let fill = vec![b'x'; SHARE_FROM - 5];
+        assert!(chunk.try_append(&fill));
+        assert_eq!(chunk.len(), SHARE_FROM - 1);
+        // one more byte would reach SHARE_FROM: refused, chunk unchanged
+        assert!(!chunk.try_append(b"y"));
+        assert_eq!(chunk.len(), SHARE_FROM - 1);
+        assert!(chunk.ends_with(b"xx"));
+    }
+
+    #[test]
+    fn shared_chunks_never_grow() {
+        crate::interpreter::initialize(None).expect("Python starts");
+        Python::attach(|py| {
+            let data = vec![b'z'; SHARE_FROM];
+            let bytes = PyBytes::new(py, &data);
+            let mut chunk = Chunk::from_bytes(&bytes, data.len());
+            assert!(chunk.is_shared());
+            assert!(!chunk.try_append(b"a"));
+            assert_eq!(chunk.len(), SHARE_FROM);
+        });
     }
 }

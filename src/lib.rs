@@ -14,6 +14,7 @@ pub mod pool;
 pub mod py_bytes;
 pub mod response;
 pub mod server;
+pub mod stack;
 pub mod start_response;
 pub mod status;
 

@@ -206,3 +206,31 @@ def test_idle_worker_gives_memory_back(make_server):
     assert wait_until(lambda: _workers_rss_mib(master) - before < grown / 3, 3), (
         f"worker RSS is {_workers_rss_mib(master):.0f} MiB 3 s after the burst "
         f"({before:.0f} MiB before it, {peak[0]:.0f} MiB at its peak)")
+
+
+@pytest.mark.only("nginx")  # worker_shutdown_timeout is nginx's
+def test_shutdown_timeout_releases_request_stuck_in_python(make_server):
+    """After a reload, an old worker whose request is still in the app exits once
+    worker_shutdown_timeout has passed (it does not wait for the app), and the error log
+    shows where that request's Python thread was."""
+    s = make_server(MOUNTS, workers=1, threads=4, main_extra=["worker_shutdown_timeout 2s;"])
+    (old,) = s.worker_pids()
+    mark, _ = s.log_mark()
+    token = uuid.uuid4().hex
+    c = Conn(s.port, timeout=40)
+    try:
+        c.send(build_request("GET", f"/sleep?t=30&token={token}",
+                             headers=[("Connection", "close")], host="x"))
+        assert s.wait_marker(token + ".sleeping", 5), "the request did not reach the app"
+        s.reload()
+        t = time.monotonic()
+        gone = wait_until(lambda: not pid_alive(old), 8)
+        assert gone, f"old worker {old} still alive {time.monotonic() - t:.1f} s after " \
+                     f"the reload (worker_shutdown_timeout 2s):\n{s.log_tail()}"
+        assert c.peer_closed(5), "the stuck request's connection was not closed"
+    finally:
+        c.close()
+    log = s.error_log(mark)
+    assert "in application" in log and "time.sleep(t)" in log, \
+        f"no Python stack of the stuck request in the error log:\n{log}"
+    assert get(s.port, "/hello").status == 200

@@ -7,6 +7,11 @@
 //! A streamed body does not hold its thread while the client is slow: `offer` says
 //! "full" past HIGH_WATER, the engine hands back the response parked, and the exchange
 //! keeps it until nginx has sent all but LOW_WATER bytes, then queues it to go on.
+//!
+//! A stream of tiny chunks (server-sent events, a row-by-row export) must not cost memory
+//! per chunk: small chunks the loop has not taken yet are merged into one (up to
+//! rwsgi::chunk::SHARE_FROM), and each body part counts as at least EVENT_COST bytes, so
+//! the window bounds the events waiting as well as their bytes.
 
 use rwsgi::{ClientGone, Flow, LogLevel, OutputEvent, Parked, ResponseSink};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +20,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 const HIGH_WATER: usize = 256 * 1024;
 /// A paused stream goes on when no more than this is still waiting.
 const LOW_WATER: usize = 64 * 1024;
+/// What a body part weighs at least in the window: its event, its buffer and chain link in
+/// nginx and its allocation take about this much whatever its length.
+const EVENT_COST: usize = 256;
+
+/// The bytes a body part of `len` bytes counts for in the window (`unsent`); the loop
+/// acknowledges the same amount once nginx has sent it.
+pub fn cost(len: usize) -> usize {
+    len.max(EVENT_COST)
+}
 
 pub struct Exchange {
     state: Mutex<State>,
@@ -30,7 +44,7 @@ pub struct Exchange {
 pub struct State {
     pub events: Vec<OutputEvent>,
     pub logs: Vec<(LogLevel, String)>,
-    /// Data bytes handed over and not yet sent by nginx.
+    /// Body parts handed over and not yet sent by nginx, counted by `cost`.
     pub unsent: usize,
     /// The client is gone (or the response failed): the thread stops producing.
     pub gone: bool,
@@ -42,6 +56,9 @@ pub struct State {
     waiting: bool,
     /// A streamed response paused for the client (no thread holds it meanwhile).
     parked: Option<Parked>,
+    /// The pool thread running the request's Python work right now (pthread_self, which
+    /// is threading.get_ident()), so the loop can tell where it is stuck.
+    thread: Option<u64>,
 }
 
 impl Exchange {
@@ -102,6 +119,36 @@ impl Exchange {
         }
     }
 
+    /// Loop side, when nginx gives up on the request while its Python work may still run
+    /// (worker_shutdown_timeout): from now on the thread's output is dropped and its body
+    /// reads fail, as after the final event. A parked response is dropped unresumed.
+    /// Returns the thread running the request, if one is.
+    pub fn abandon(&self) -> Option<u64> {
+        let mut state = self.lock();
+        state.finished = true;
+        state.gone = true;
+        let parked = state.parked.take();
+        let thread = state.thread;
+        let waiting = state.waiting;
+        drop(state);
+        if waiting {
+            self.drained.notify_all();
+        }
+        drop(parked);
+        thread
+    }
+
+    /// Thread side: runs a stretch of the request's engine work, recording this thread
+    /// as the one running it meanwhile.
+    fn running(&self, work: impl FnOnce() -> Option<Parked>) -> Option<Parked> {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as u64;
+        self.lock().thread = Some(me);
+        let step = work();
+        self.lock().thread = None;
+        step
+    }
+
     /// Thread side, when the engine returned the response parked: keeps it until the
     /// client has caught up, or goes on right away if it already has (or has left).
     pub fn park(&self, parked: Parked) -> Option<Parked> {
@@ -121,15 +168,27 @@ impl Exchange {
         };
         worker
             .pool
-            .enqueue_admitted(Box::new(move || drive(&me, parked.resume())));
+            .enqueue_admitted(Box::new(move || drive(&me, || parked.resume())));
         // SAFETY: acknowledge and mark_gone run on the event loop.
         unsafe { crate::worker::wake_pool_soon() };
     }
 
-    /// Thread side: hands `events` to the loop, counting their body bytes as unsent.
+    /// Thread side: hands `events` to the loop, counting their body parts as unsent. A
+    /// small body part joins the one queued before it when the loop has not taken that yet.
     fn queue(&self, state: &mut State, events: &mut Vec<OutputEvent>) {
-        state.unsent += events.iter().map(data_len).sum::<usize>();
-        state.events.append(events);
+        for event in events.drain(..) {
+            if let OutputEvent::Data(data) = &event {
+                if let Some(OutputEvent::Data(last)) = state.events.last_mut() {
+                    let before = cost(last.len());
+                    if last.try_append(data) {
+                        state.unsent += cost(last.len()) - before;
+                        continue;
+                    }
+                }
+                state.unsent += cost(data.len());
+            }
+            state.events.push(event);
+        }
         self.schedule(state);
     }
 
@@ -193,16 +252,13 @@ impl ResponseSink for Exchange {
     }
 }
 
-fn data_len(event: &OutputEvent) -> usize {
-    match event {
-        OutputEvent::Data(d) => d.len(),
-        _ => 0,
-    }
-}
-
-/// Runs a request's engine work to its end or to its next pause (parking it).
-pub fn drive(exchange: &Exchange, mut step: Option<Parked>) {
+/// Runs a request's engine work (`first`, then each resumption that can go on at once)
+/// to its end or to its next pause (parking it).
+pub fn drive(exchange: &Exchange, first: impl FnOnce() -> Option<Parked>) {
+    let mut step = exchange.running(first);
     while let Some(parked) = step {
-        step = exchange.park(parked).and_then(Parked::resume);
+        step = exchange
+            .park(parked)
+            .and_then(|parked| exchange.running(|| parked.resume()));
     }
 }

@@ -67,6 +67,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     (*cln).handler = Some(free_ctx);
     (*cln).data = ctx as *mut c_void;
     *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
+    if !crate::shutdown::watch(r, ctx) {
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    }
 
     let (body, body_len) = NginxBody::capture(r, exchange).map_err(|e| {
         ngx_log_error!(
@@ -83,8 +86,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     let traits = worker.traits;
     let job = Box::new(move || {
         let sink: Arc<dyn ResponseSink> = exchange.clone();
-        let step = rwsgi::run_request(&spec, traits, request, Box::new(body), sink);
-        crate::exchange::drive(&exchange, step);
+        crate::exchange::drive(&exchange, || {
+            rwsgi::run_request(&spec, traits, request, Box::new(body), sink)
+        });
     });
     if let Err(_job) = worker.pool.enqueue(job) {
         ngx_log_error!(

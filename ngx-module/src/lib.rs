@@ -3,7 +3,8 @@
 //! (worker.rs) and come back through an eventfd (bridge.rs, exchange.rs, output.rs).
 //!
 //! Files: config.rs (directives), handler.rs (request in), body.rs (request body),
-//! headers.rs and output.rs (response out), worker.rs (per-process start-up).
+//! headers.rs and output.rs (response out), worker.rs (per-process start-up),
+//! shutdown.rs (worker_shutdown_timeout for requests still in Python).
 
 mod body;
 mod bridge;
@@ -12,6 +13,7 @@ mod exchange;
 mod handler;
 mod headers;
 mod output;
+mod shutdown;
 mod worker;
 
 use config::{LocConf, MainConf};

@@ -2,8 +2,13 @@
 //! exchange.rs) and drives nginx — headers, body buffers into the output filter chain,
 //! backpressure through the write event, and the final finalize. Every function here runs
 //! on the event-loop thread.
+//!
+//! Buffers and chain links come from the request pool, which is freed only with the
+//! request, so they are recycled through a free list as nginx's proxy module does
+//! (ngx_chain_get_free_buf / ngx_chain_update_chains): a long stream costs the buffers
+//! in flight, not one per chunk it ever sent.
 
-use crate::exchange::Exchange;
+use crate::exchange::{cost, Exchange};
 use crate::headers::set_response_head;
 use crate::Module;
 use ngx::ffi::*;
@@ -33,7 +38,12 @@ pub struct RequestCtx {
     guard_ticks: u32,
     /// Events whose memory (bytes, files) nginx may still be sending.
     holding: Vec<OutputEvent>,
+    /// What `holding` counts for in the exchange's window (exchange::cost).
     holding_bytes: usize,
+    /// Our body buffers (with their links) that nginx has sent, ready for reuse.
+    free: *mut ngx_chain_t,
+    /// Our body buffers nginx is still sending.
+    busy: *mut ngx_chain_t,
     /// The final event has been handled; nothing more may touch the request.
     done: bool,
 }
@@ -49,6 +59,8 @@ impl RequestCtx {
             guard_ticks: 0,
             holding: Vec::new(),
             holding_bytes: 0,
+            free: ptr::null_mut(),
+            busy: ptr::null_mut(),
             done: false,
         }
     }
@@ -123,15 +135,15 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
                 }
             }
             OutputEvent::Data(data) if (*r).header_only() == 0 => {
-                let b = memory_buf(r, &data);
-                if b.is_null() {
+                let link = memory_buf(ctx, &data);
+                if link.is_null() {
                     failed = true;
                     continue;
                 }
-                bytes += data.len();
+                bytes += cost(data.len());
                 ctx.holding.push(OutputEvent::Data(data));
-                append(&mut tail, r, b);
-                last_buf = b;
+                last_buf = (*link).buf;
+                push(&mut tail, link);
             }
             OutputEvent::File { file, offset, len } if (*r).header_only() == 0 => {
                 let b = file_buf(r, &file, offset, len);
@@ -139,12 +151,19 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
                     failed = true;
                     continue;
                 }
+                let link = ngx_alloc_chain_link((*r).pool);
+                if link.is_null() {
+                    failed = true;
+                    continue;
+                }
                 ctx.holding.push(OutputEvent::File { file, offset, len });
-                append(&mut tail, r, b);
+                (*link).buf = b;
+                (*link).next = ptr::null_mut();
+                push(&mut tail, link);
                 last_buf = b;
             }
             // HEAD: no body goes out, but the thread counted these bytes as unsent.
-            OutputEvent::Data(data) => dropped += data.len(),
+            OutputEvent::Data(data) => dropped += cost(data.len()),
             OutputEvent::File { .. } => {}
             final_ @ (OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)) => {
                 final_event = Some(final_);
@@ -173,6 +192,7 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
             }
             ctx.holding_bytes += bytes;
             rc = ngx_http_output_filter(r, chain);
+            recycle(ctx, chain);
         }
         if rc == NGX_ERROR as ngx_int_t {
             failed = true;
@@ -197,32 +217,55 @@ unsafe fn write_events(ctx: &mut RequestCtx, events: Vec<OutputEvent>) {
     }
 }
 
-/// Links buffer `b` at the end of the chain being built.
-unsafe fn append(tail: &mut *mut *mut ngx_chain_t, r: *mut ngx_http_request_t, b: *mut ngx_buf_t) {
-    let link = ngx_alloc_chain_link((*r).pool);
-    if link.is_null() {
-        return;
-    }
-    (*link).buf = b;
-    (*link).next = ptr::null_mut();
+/// Puts `link` (whose next is null) at the end of the chain being built.
+///
+/// SAFETY: *tail points at the chain's last `next` field (or its head).
+unsafe fn push(tail: &mut *mut *mut ngx_chain_t, link: *mut ngx_chain_t) {
     **tail = link;
     *tail = &mut (*link).next;
 }
 
-/// A buffer pointing at `data` (no copy). `data` stays alive in ctx.holding until nginx
-/// has sent it (or, after the final event, until the request pool is destroyed).
-unsafe fn memory_buf(r: *mut ngx_http_request_t, data: &[u8]) -> *mut ngx_buf_t {
-    let b = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-    if b.is_null() {
-        return b;
+/// Marks our body buffers, so ngx_chain_update_chains recycles them and only them.
+fn buf_tag() -> ngx_buf_tag_t {
+    Module::module() as *const ngx_module_t as ngx_buf_tag_t
+}
+
+/// A chain link (next = null) with a buffer pointing at `data` (no copy), reused from
+/// ctx.free when nginx has sent one. `data` stays alive in ctx.holding until nginx has
+/// sent it (or, after the final event, until the request pool is destroyed).
+///
+/// SAFETY: ctx.r is live; on the event loop.
+unsafe fn memory_buf(ctx: &mut RequestCtx, data: &[u8]) -> *mut ngx_chain_t {
+    let link = ngx_chain_get_free_buf((*ctx.r).pool, &mut ctx.free);
+    if link.is_null() || (*link).buf.is_null() {
+        return ptr::null_mut();
     }
+    let b = (*link).buf;
+    // A recycled buffer keeps the flags of its last use (last_buf, flush...): start clean.
+    ptr::write_bytes(b, 0, 1);
     let start = data.as_ptr() as *mut u8;
     (*b).start = start;
     (*b).pos = start;
     (*b).last = start.add(data.len());
     (*b).end = (*b).last;
     (*b).set_memory(1);
-    b
+    (*b).tag = buf_tag();
+    link
+}
+
+/// After a pass through the output filters: the links of `chain` join ctx.busy, and our
+/// buffers nginx has finished sending move to ctx.free (other links, such as file
+/// buffers', go back to the pool's own link cache).
+///
+/// SAFETY: ctx.r is live; `chain` is the chain just passed to the filters (or null).
+unsafe fn recycle(ctx: &mut RequestCtx, mut chain: *mut ngx_chain_t) {
+    ngx_chain_update_chains(
+        (*ctx.r).pool,
+        &mut ctx.free,
+        &mut ctx.busy,
+        &mut chain,
+        buf_tag(),
+    );
 }
 
 /// A buffer for a byte range of an open file (sent with sendfile when enabled).
@@ -294,6 +337,7 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
             return;
         }
         let rc = ngx_http_output_filter(r, ptr::null_mut());
+        recycle(ctx, ptr::null_mut());
         if rc == NGX_ERROR as ngx_int_t {
             (*r).write_event_handler = Some(ngx_http_request_empty_handler);
             ctx.exchange.mark_gone();
@@ -354,25 +398,37 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
     })
 }
 
-/// The thread is done with the request: give it back to nginx.
+/// Takes the request out of the thread's hands: nothing more from the exchange reaches
+/// it, nginx may free it (no longer blocked), and the guard no longer keeps the worker.
+/// False if that happened already.
 ///
-/// SAFETY: ctx is live; after ngx_http_finalize_request the request (and ctx) may be gone.
-pub unsafe fn finish(ctx: &mut RequestCtx, rc: ngx_int_t) {
+/// SAFETY: ctx is live; on the event loop.
+pub unsafe fn release(ctx: &mut RequestCtx) -> bool {
     if ctx.done {
-        return;
+        return false;
     }
     ctx.done = true;
     ctx.exchange.lock().finished = true;
-    let r = ctx.r;
-    let c = (*r).connection;
     if ctx.blocked {
-        let main = (*r).main;
+        let main = (*ctx.r).main;
         (*main).set_blocked((*main).blocked() - 1);
         ctx.blocked = false;
     }
     if ctx.guard.timer_set() != 0 {
         ngx_del_timer(&mut ctx.guard);
     }
+    true
+}
+
+/// The thread is done with the request: give it back to nginx.
+///
+/// SAFETY: ctx is live; after ngx_http_finalize_request the request (and ctx) may be gone.
+pub unsafe fn finish(ctx: &mut RequestCtx, rc: ngx_int_t) {
+    if !release(ctx) {
+        return;
+    }
+    let r = ctx.r;
+    let c = (*r).connection;
     let rc = if (*c).error() != 0 {
         NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t
     } else {

@@ -20,6 +20,8 @@ def application(environ, start_response):
         return big(qs, start_response)
     if mode == "/distinct":
         return distinct(qs, start_response)
+    if mode == "/tiny":
+        return tiny(qs, start_response)
     n = int(qs.get("n", "3"))
     delay = float(qs.get("delay", "0"))
     headers = [("Content-Type", "text/plain")]
@@ -71,4 +73,17 @@ def distinct(qs, start_response):
             yield (b"%08d" % i) * (size // 8)
             junk = bytearray(b"\xff" * size)
             del junk
+    return gen()
+
+
+def tiny(qs, start_response):
+    """`n` chunks of `size` bytes (default 1) and no Content-Length: the shape of a
+    server-sent-events stream or a row-by-row CSV export."""
+    n, size = int(qs["n"]), int(qs.get("size", "1"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    piece = b"x" * size
+
+    def gen():
+        for _ in range(n):
+            yield piece
     return gen()

@@ -33,11 +33,13 @@ class NginxServer(Server):
     # -- config ---------------------------------------------------------------------
     def render(self, mounts: list[Mount], workers: int = 1, threads: int | None = None,
                max_queue: int | None = None, python_home: str | None = None,
-               http_extra: list[str] = (), server_extra: list[str] = (),
+               main_extra: list[str] = (), http_extra: list[str] = (),
+               server_extra: list[str] = (),
                max_body: int = 64 << 20, ssl: bool = False, http2: bool = False,
                **unknown) -> str:
         """`ssl`: the listener speaks TLS with {run}/cert.pem and {run}/key.pem (see
-        common.self_signed_cert)."""
+        common.self_signed_cert). `main_extra` / `http_extra` / `server_extra`: raw lines
+        for the main, http and server contexts."""
         if unknown:
             raise TypeError(f"unknown nginx options {sorted(unknown)}")
         r = self.run
@@ -92,6 +94,7 @@ class NginxServer(Server):
             f"error_log {r}/error.log info;\n"
             f"pid {r}/nginx.pid;\n"
             "user nobody nogroup;\n"
+            + "".join(self.expand(x) + "\n" for x in main_extra) +
             "events { worker_connections 2048; }\n"
             "http {\n    " + "\n    ".join(http) + "\n"
             "    server {\n        " + "\n        ".join(server + locations) + "\n    }\n}\n"

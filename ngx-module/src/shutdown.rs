@@ -1,0 +1,133 @@
+//! worker_shutdown_timeout for requests still in Python.
+//!
+//! When an exiting worker's (reload, `nginx -s quit`) shutdown timeout ends, nginx marks
+//! each of its connections close and error and calls its read handler, which terminates
+//! the request and runs its cleanups (ngx_shutdown_timer_handler, then
+//! ngx_http_request_handler and ngx_http_terminate_request). A request whose Python thread
+//! is still in the app stays blocked (handler.rs) and its guard timer keeps the worker
+//! alive, so nginx alone would wait for the app however long it takes: a slow endpoint
+//! would pin one old worker, interpreter and all, per reload. The request cleanup here
+//! lets such a request go instead, after logging where its thread is in Python; the
+//! worker then exits with that thread still inside the app.
+//!
+//! Nothing else changes: without worker_shutdown_timeout, or for a client that merely
+//! left, the worker still waits for the app to return.
+
+use crate::output::{release, RequestCtx};
+use ngx::ffi::*;
+use ngx::ngx_log_error;
+use pyo3::Python;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long the event loop waits for a stack. Formatting it takes the GIL, which the
+/// stuck thread may hold: waiting on the loop at all is acceptable only because the
+/// worker is exiting.
+const STACK_WAIT: Duration = Duration::from_secs(1);
+
+/// Set when a stack did not come in time: the GIL is held, the next would not come either.
+static GIL_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Adds the request cleanup that watches for the shutdown timeout while the thread owns
+/// the request. False if the pool is out of memory.
+///
+/// SAFETY: r is live, on the event loop; ctx is r's context (freed with r's pool, after
+/// the request's cleanups have run).
+pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: *mut RequestCtx) -> bool {
+    let cln = ngx_http_cleanup_add(r, 0);
+    if cln.is_null() {
+        return false;
+    }
+    (*cln).handler = Some(on_terminate);
+    (*cln).data = ctx as *mut c_void;
+    true
+}
+
+/// Request cleanup: run when nginx terminates the request (and when it frees it).
+extern "C" fn on_terminate(data: *mut c_void) {
+    // SAFETY: data is the request's ctx (see watch), alive while the request's cleanups
+    // run; called on the event loop.
+    crate::no_unwind((), || unsafe {
+        let ctx = &mut *(data as *mut RequestCtx);
+        if !ctx.blocked {
+            return; // the thread is done with the request
+        }
+        let r = ctx.r;
+        let c = (*r).connection;
+        // c->close on a busy connection of an exiting worker: the shutdown timeout.
+        if ngx_exiting == 0 || (*c).close() == 0 {
+            // Terminated for another reason (the client left): nginx has dropped the
+            // request's cleanups, so watch again for a shutdown timeout to come.
+            if !watch(r, ctx) {
+                ngx_log_error!(
+                    NGX_LOG_ALERT,
+                    (*c).log,
+                    "wsgi: cannot watch the request for worker_shutdown_timeout"
+                );
+            }
+            return;
+        }
+        let thread = ctx.exchange.abandon();
+        log_stuck((*c).log, thread);
+        release(ctx);
+        if (*r).header_sent() == 0 {
+            (*r).headers_out.status = NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_uint_t;
+        }
+        // ngx_http_terminate_request goes on from here and closes the request.
+    })
+}
+
+/// SAFETY: log is the request's connection log; on the event loop.
+unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>) {
+    let (state, stack) = match thread.map(|t| (t, python_stack(t))) {
+        None => (
+            "whose response waits for its client (no Python thread runs it)".to_string(),
+            None,
+        ),
+        Some((t, Ok(Some(stack)))) => (
+            format!("still running in Python, thread {t:#x} (most recent call last):"),
+            Some(stack),
+        ),
+        Some((t, Ok(None))) => (format!("whose thread {t:#x} is outside Python code"), None),
+        Some((t, Err(why))) => (
+            format!("still running in Python, thread {t:#x}; stack unavailable: {why}"),
+            None,
+        ),
+    };
+    ngx_log_error!(
+        NGX_LOG_WARN,
+        log,
+        "wsgi: worker_shutdown_timeout: closing a request {}",
+        state
+    );
+    for line in stack.iter().flat_map(|s| s.lines()) {
+        ngx_log_error!(NGX_LOG_WARN, log, "wsgi: {}", line);
+    }
+}
+
+/// The Python stack of `thread`, formatted on a short-lived thread so that the event
+/// loop waits for the GIL no longer than STACK_WAIT.
+fn python_stack(thread: u64) -> Result<Option<String>, String> {
+    if GIL_HELD.load(Ordering::Relaxed) {
+        return Err("the GIL was not free for an earlier stack".into());
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("rwsgi-stack".into())
+        .spawn(move || {
+            let stack = Python::attach(|py| {
+                rwsgi::stack::thread_stack(py, thread).map_err(|e| rwsgi::app::format_error(py, &e))
+            });
+            let _ = tx.send(stack);
+        })
+        .map_err(|e| format!("cannot start a thread to format it: {e}"))?;
+    rx.recv_timeout(STACK_WAIT).unwrap_or_else(|_| {
+        GIL_HELD.store(true, Ordering::Relaxed);
+        Err(format!(
+            "the GIL was not free within {} s",
+            STACK_WAIT.as_secs()
+        ))
+    })
+}
