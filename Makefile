@@ -46,7 +46,7 @@ demo: build
 	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
 
 test-rust: deps $(NGINX_SRC)/objs/Makefile
-	cargo test --release -p rwsgi -p mod_rwsgi
+	cargo test --release --workspace
 
 test-servers: build
 	$(VENV)/bin/pytest -q tests
@@ -61,7 +61,7 @@ lint: $(NGINX_SRC)/objs/Makefile
 bench: build
 	$(PYTHON_SYS) bench/run.py
 
-# Memory soak (issue 5): 1,000,000 mixed requests per server, worker RSS before/after.
+# Memory soak: 1,000,000 mixed requests per server, worker RSS before/after.
 soak: build
 	$(PYTHON_SYS) bench/soak.py
 

@@ -44,14 +44,7 @@ impl AppSpec {
                 Some((m, a)) => (m, Some(a)),
                 None => (value, None),
             };
-            let valid = |s: &str| {
-                !s.is_empty()
-                    && s.split('.').all(|p| {
-                        !p.is_empty()
-                            && !p.starts_with(|c: char| c.is_ascii_digit())
-                            && p.chars().all(|c| c.is_alphanumeric() || c == '_')
-                    })
-            };
+            let valid = crate::config_names::is_python_name;
             if !valid(module) || attr.is_some_and(|a| !valid(a)) {
                 return Err(format!(
                     "\"{value}\" is neither a file path nor module:callable"

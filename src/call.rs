@@ -10,6 +10,7 @@ use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
 use crate::input::Input;
 use crate::response::{Response, Stop};
+use crate::runtime::ServerTraits;
 use crate::server::{BodyReader, Flow, LogLevel, OutputEvent, Request, ResponseSink};
 use crate::start_response::{stop_error, StartResponse};
 use pyo3::exceptions::PyTypeError;
@@ -18,13 +19,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-
-/// Facts about the hosting server that every environ carries.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerTraits {
-    pub multithread: bool,
-    pub multiprocess: bool,
-}
 
 static TEMPLATE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 

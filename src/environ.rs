@@ -2,11 +2,11 @@
 //! Rust (property-tested); the dict itself uses interned keys so a request allocates
 //! only its values.
 
+use crate::config_names::is_reserved_environ_key;
 use crate::server::{ExtraValue, Request};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
-use std::borrow::Cow;
 
 /// The CGI name of a request header: `User-Agent` → `HTTP_USER_AGENT`. None for names
 /// the environ must not carry: names with `_` (they would alias a dashed name and let a
@@ -69,13 +69,8 @@ pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// keys, as a TLS-terminating proxy setup adds (nginx `wsgi_param HTTPS on;`, Apache
 /// `SetEnvIf X-Forwarded-Proto https HTTPS=1`); mod_wsgi reads it the same way. A client
 /// cannot set it: its `HTTPS:` request header becomes `HTTP_HTTPS`, never a server key.
-pub fn https_configured(extra: &[(Cow<'static, str>, ExtraValue)]) -> bool {
-    extra.iter().any(|(key, value)| {
-        let value: &[u8] = match value {
-            ExtraValue::Str(v) => v,
-            ExtraValue::Static(v) => v.as_bytes(),
-            ExtraValue::IntTuple(_) => return false,
-        };
+pub fn https_configured(params: &[(String, Vec<u8>)]) -> bool {
+    params.iter().any(|(key, value)| {
         key == "HTTPS"
             && [&b"on"[..], b"1", b"yes", b"true"]
                 .iter()
@@ -107,6 +102,10 @@ pub fn environ_template<'py>(
     env.set_item(intern!(py, "wsgi.multiprocess"), multiprocess)?;
     env.set_item(intern!(py, "wsgi.run_once"), false)?;
     env.set_item(intern!(py, "wsgi.file_wrapper"), file_wrapper)?;
+    // Every server here ends wsgi.input at the end of the body (nginx has read it all;
+    // Apache's input filters stop at Content-Length or the last chunk).
+    env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    env.set_item(intern!(py, "GATEWAY_INTERFACE"), intern!(py, "CGI/1.1"))?;
     Ok(env)
 }
 
@@ -127,6 +126,11 @@ pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> P
     for (key, value) in cgi_headers(&req.headers) {
         env.set_item(key, latin1(py, &value))?;
     }
+    for (key, value) in &req.params {
+        if !is_reserved_environ_key(key) {
+            env.set_item(key, latin1(py, value))?;
+        }
+    }
     for (key, value) in &req.extra {
         match value {
             ExtraValue::Str(v) => env.set_item(key.as_ref(), latin1(py, v))?,
@@ -134,16 +138,18 @@ pub fn fill_environ(py: Python<'_>, env: &Bound<'_, PyDict>, req: &Request) -> P
             ExtraValue::IntTuple(v) => env.set_item(key.as_ref(), PyTuple::new(py, v)?)?,
         }
     }
+    env.set_item(intern!(py, "REQUEST_URI"), latin1(py, &req.request_uri))?;
+    env.set_item(intern!(py, "SERVER_SOFTWARE"), req.server_software.as_ref())?;
     if req.https {
         env.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
     }
-    let scheme = if req.https || https_configured(&req.extra) {
+    let scheme = if req.https || https_configured(&req.params) {
         intern!(py, "https")
     } else {
         intern!(py, "http")
     };
+    env.set_item(intern!(py, "REQUEST_SCHEME"), scheme)?;
     env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-    env.set_item(intern!(py, "wsgi.input_terminated"), req.input_terminated)?;
     Ok(())
 }
 
@@ -181,14 +187,14 @@ mod tests {
 
     #[test]
     fn https_from_the_server_configuration() {
-        let with = |value: &str| vec![(Cow::Borrowed("HTTPS"), ExtraValue::Str(value.into()))];
+        let with = |value: &str| vec![("HTTPS".to_string(), value.as_bytes().to_vec())];
         for on in ["on", "ON", "1", "yes", "True", " on "] {
             assert!(https_configured(&with(on)), "{on:?}");
         }
         for off in ["off", "0", "", "no", "https"] {
             assert!(!https_configured(&with(off)), "{off:?}");
         }
-        let other = vec![(Cow::Borrowed("HTTP_HTTPS"), ExtraValue::Static("on"))];
+        let other = vec![("HTTP_HTTPS".to_string(), b"on".to_vec())];
         assert!(!https_configured(&other));
     }
 

@@ -1,29 +1,36 @@
-//! rwsgi: the server-agnostic WSGI (PEP 3333) engine. A server module copies its request
-//! into a [`Request`], hands over a [`BodyReader`] and a [`ResponseSink`], and calls
-//! [`run_request`] on a thread that may run Python. Nothing here knows nginx or Apache.
+//! rwsgi: the server-agnostic WSGI (PEP 3333) engine. A server module starts Python with
+//! [`Runtime::start`], copies each request into a [`Request`], hands over a [`BodyReader`]
+//! and a [`ResponseSink`], and calls [`Runtime::run`] on a thread that may run Python.
+//! Nothing here knows nginx or Apache, and nothing exported shows a Python type: the
+//! server modules do not depend on pyo3.
 
-pub mod app;
-pub mod call;
-pub mod chunk;
-pub mod environ;
-pub mod errors;
-pub mod file_wrapper;
-pub mod input;
-pub mod interpreter;
+mod app;
+mod call;
+mod chunk;
+mod config_names;
+mod environ;
+mod errors;
+mod file_wrapper;
+mod input;
+mod interpreter;
 pub mod pool;
-pub mod py_bytes;
-pub mod response;
-pub mod server;
-pub mod stack;
-pub mod start_response;
-pub mod status;
+mod py_bytes;
+mod response;
+mod runtime;
+mod server;
+mod stack;
+mod start_response;
+mod status;
 
 #[cfg(test)]
 mod proptests;
 
-pub use app::{AppSpec, AppTarget};
-pub use call::{run_request, Parked, ServerTraits};
+pub use app::{AppSpec, AppTarget, DEFAULT_CALLABLE};
+pub use call::Parked;
 pub use chunk::Chunk;
+pub use config_names::{check_callable_name, check_param_name, is_reserved_environ_key};
+pub use environ::split_mount;
+pub use runtime::{python_version_line, LoadError, Runtime, ServerTraits, PYTHON_VERSION};
 pub use server::{
     BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,
     ResponseSink,

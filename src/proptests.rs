@@ -375,8 +375,8 @@ fn run_response(
             if !r.head_sent {
                 r.head = Some(ResponseHead {
                     status,
-                    status_line: format!("{status} X"),
-                    headers: vec![("Content-Type".into(), "text/plain".into())],
+                    status_line: format!("{status} X").into_bytes(),
+                    headers: vec![(b"Content-Type".to_vec(), b"text/plain".to_vec())],
                     content_length: cl,
                 });
             }

@@ -66,10 +66,6 @@ impl<'py> BytesBuilder<'py> {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Makes room for `more` bytes past `len`, growing by at least half so that appending
     /// block by block stays linear.
     fn reserve(&mut self, more: usize) -> PyResult<()> {

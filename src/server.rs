@@ -28,11 +28,17 @@ pub struct Request {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The body length if known up front (CONTENT_LENGTH); None leaves it out.
     pub content_length: Option<u64>,
-    /// True when reading wsgi.input to EOF is safe (the server ends the stream).
-    pub input_terminated: bool,
-    /// Server-specific environ keys (REQUEST_URI, DOCUMENT_ROOT, mod_wsgi.*, params...);
+    /// The request line's target as the client sent it (REQUEST_URI).
+    pub request_uri: Vec<u8>,
+    /// SERVER_SOFTWARE: the server's name and version, then rwsgi's.
+    pub server_software: Cow<'static, str>,
+    /// Keys the server module adds for its own server (DOCUMENT_ROOT, mod_wsgi.*...);
     /// fixed names are borrowed, not allocated per request.
     pub extra: Vec<(Cow<'static, str>, ExtraValue)>,
+    /// Keys from the server's configuration (nginx `wsgi_param`, Apache `SetEnv`): added
+    /// to the environ unless they would replace a per-request key
+    /// ([`crate::is_reserved_environ_key`]). An HTTPS key here can select the scheme.
+    pub params: Vec<(String, Vec<u8>)>,
 }
 
 /// The value of a server-specific environ key.
@@ -68,15 +74,25 @@ impl BodyReader for io::Cursor<Vec<u8>> {
     }
 }
 
-/// The status line and headers, checked and ready for the wire.
+/// The status line and headers, checked and encoded for the wire: PEP 3333's native
+/// strings go out as latin-1, one byte per character, the same from every server.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     pub status: u16,
-    /// The whole status line as the app gave it, e.g. "404 Not Found".
-    pub status_line: String,
-    /// Headers other than Content-Length, in the app's order.
-    pub headers: Vec<(String, String)>,
+    /// The whole status line as the app gave it, e.g. `404 Not Found`, in latin-1.
+    pub status_line: Vec<u8>,
+    /// Headers other than Content-Length, in the app's order: names are RFC 9110 tokens
+    /// (ASCII), values latin-1 without CR, LF or NUL.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    /// No body may follow this head (204, 304; see status::forbids_body). The engine
+    /// sends none; a server whose own filters decide this from the status can be told.
+    pub fn forbids_body(&self) -> bool {
+        crate::status::forbids_body(self.status)
+    }
 }
 
 /// What the engine asks the server to do, in order. A response is `Head`, then body

@@ -77,7 +77,7 @@ fn parse_head(
                 &format!("dropped hop-by-hop header {name:?} set by the application"),
             );
         } else {
-            out.push((name.to_string(), value.to_string()));
+            out.push((name.as_bytes().to_vec(), latin1(value)));
         }
     }
     if status.code == 204 {
@@ -86,10 +86,16 @@ fn parse_head(
     }
     Ok(ResponseHead {
         status: status.code,
-        status_line: status.line,
+        status_line: latin1(&status.line),
         headers: out,
         content_length,
     })
+}
+
+/// A checked native string as wire bytes: every character is below U+0100 (the checks
+/// refuse anything else), and goes out as the byte of the same value.
+fn latin1(s: &str) -> Vec<u8> {
+    s.chars().map(|c| c as u32 as u8).collect()
 }
 
 /// Turns a body-writing failure into the exception the app sees.

@@ -297,3 +297,14 @@ def test_wsgi_script_name(server):
     # the empty script name: the app sees the whole path
     env = env_of(get(server.port, "/whole/x"))
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/whole/x")
+
+
+def test_head_goes_out_as_latin1(server):
+    """PEP 3333's native strings reach the wire as latin-1, one byte per character, from
+    both servers: a reason phrase and a header value holding U+00E9 each become 0xE9."""
+    r = get(server.port, "/errors/latin1_head")
+    assert r.status == 200 and r.body == b"latin-1 head\n", r
+    head = r.raw_head
+    assert head.startswith(b"HTTP/1.1 200 Caf\xe9\r\n"), head[:40]
+    assert b"\r\nX-Name: caf\xe9\r\n" in head, head
+    assert "\xc3".encode("latin-1") not in head, "a character went out as UTF-8"

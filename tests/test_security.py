@@ -166,3 +166,20 @@ def test_chunked_read_holds_the_body_once(body_server):
     out, rise = peak_rise(body_server, "/body/read_len", body, chunked=True)
     assert out["len"] == BIG
     assert_about_one_body(rise)
+
+
+@pytest.mark.only("apache")
+def test_configured_keys_never_replace_per_request_ones(make_server):
+    """nginx refuses such a wsgi_param at `nginx -t` (test_config.py); Apache's SetEnv
+    cannot be refused, so the engine leaves those keys out of the environ."""
+    s = make_server(
+        [Mount("/env", "environ_app.py", extra=["SetEnv REQUEST_METHOD forged",
+                                               "SetEnv HTTP_X_FORWARDED_FOR 6.6.6.6",
+                                               "SetEnv wsgi.url_scheme forged",
+                                               "SetEnv APP_SETTING kept"])],
+        extra=["LoadModule env_module /usr/lib/apache2/modules/mod_env.so"])
+    env = environ(s.port)
+    assert env["REQUEST_METHOD"] == "GET"
+    assert "HTTP_X_FORWARDED_FOR" not in env
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["APP_SETTING"] == "kept"

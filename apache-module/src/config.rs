@@ -129,7 +129,7 @@ impl Effective {
             callable: alias
                 .callable_object
                 .or(dir_callable)
-                .unwrap_or_else(|| rwsgi::app::DEFAULT_CALLABLE.to_string()),
+                .unwrap_or_else(|| rwsgi::DEFAULT_CALLABLE.to_string()),
             application_group: alias
                 .application_group
                 .or(dir_group)

@@ -8,8 +8,8 @@ use crate::config::{self, Alias, DirConfig, ImportScript, Pattern, ScriptOptions
 use crate::ffi::guard;
 use crate::module::other_wsgi_module;
 use crate::options::{
-    check_application_group, check_callable, check_process_group, max_group_reference, parse_flag,
-    parse_map_head, parse_options, split_python_path, split_words, DAEMON_MODE_UNSUPPORTED,
+    check_application_group, check_process_group, max_group_reference, parse_flag, parse_map_head,
+    parse_options, split_python_path, split_words, DAEMON_MODE_UNSUPPORTED,
 };
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Ou
                 options.application_group = Some(value.to_string());
             }
             "callable-object" => {
-                check_callable(value)?;
+                rwsgi::check_callable_name(value)?;
                 options.callable_object = Some(value.to_string());
             }
             _ => options.pass_authorization = Some(parse_flag(name, value)?),
@@ -282,7 +282,7 @@ unsafe extern "C" fn callable_object(
     // SAFETY: called by httpd with a live cmd and our DirConfig.
     unsafe {
         run(cmd, || {
-            check_callable(&arg(value))?;
+            rwsgi::check_callable_name(&arg(value))?;
             dir_config(m)?.callable_object = pstr((*cmd).pool, bytes(value));
             Ok(())
         })

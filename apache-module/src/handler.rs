@@ -97,7 +97,7 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
             );
         }
 
-        let Some(traits) = python::ready() else {
+        let Some(runtime) = python::ready() else {
             return refuse(
                 r,
                 HTTP_INTERNAL_SERVER_ERROR,
@@ -148,15 +148,13 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
         let sink = Arc::new(ApacheSink::new(live.clone()));
         // The sink waits for the client (this thread is the request's anyway), so the
         // engine never parks; resuming here keeps that true whatever the sink says.
-        let mut parked = rwsgi::run_request(&spec, traits, req, body, sink);
+        let mut parked = runtime.run(&spec, req, body, sink);
         while let Some(response) = parked {
             parked = response.resume();
         }
         // The sink dropped response chunks that kept bytes objects alive without the GIL:
         // free them now rather than at the next request (see rwsgi::chunk).
-        if rwsgi::chunk::take_dropped_off_gil() {
-            pyo3::Python::attach(|_| ());
-        }
+        runtime.free_dropped_chunks();
 
         // From here on the app's leftovers (a kept wsgi.input / wsgi.errors) no longer
         // reach this request.

@@ -202,10 +202,7 @@ unsafe extern "C" fn post_config(
 /// "mod_rwsgi/0.1.0 Python/3.11" in the server banner (SERVER_SOFTWARE, Server header
 /// with ServerTokens Full), as mod_wsgi adds its own.
 unsafe fn add_version_component(pconf: *mut apr_pool_t) {
-    // SAFETY: Py_GetVersion only returns a static string; it is callable before (and
-    // without) initializing Python.
-    let python = unsafe { crate::apr::bytes(pyo3::ffi::Py_GetVersion()) };
-    let python = String::from_utf8_lossy(python);
+    let python = rwsgi::python_version_line();
     let short: String = python.split('.').take(2).collect::<Vec<_>>().join(".");
     let text = format!(
         "mod_rwsgi/{} Python/{}",

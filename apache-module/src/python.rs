@@ -5,16 +5,16 @@
 use crate::bindings::*;
 use crate::config::{self, Effective, ServerConfig};
 use crate::log::{self, Level};
-use rwsgi::{AppSpec, AppTarget, ServerTraits};
+use rwsgi::{AppSpec, AppTarget, Runtime, ServerTraits};
 use std::ffi::c_int;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// Set once in each child: Some(traits) when Python started, None when it failed.
-static READY: OnceLock<Option<ServerTraits>> = OnceLock::new();
+/// Set once in each child: Some when Python started, None when it failed.
+static READY: OnceLock<Option<Runtime>> = OnceLock::new();
 
-/// The server traits when Python is usable in this process.
-pub fn ready() -> Option<ServerTraits> {
+/// Python, when it is usable in this process.
+pub fn ready() -> Option<Runtime> {
     READY.get().copied().flatten()
 }
 
@@ -67,9 +67,9 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
             return;
         };
         let home = main.python_home.as_deref();
-        match rwsgi::interpreter::initialize(home) {
-            Ok(()) => {
-                let _ = READY.set(Some(mpm_traits()));
+        match Runtime::start(home, mpm_traits()) {
+            Ok(runtime) => {
+                let _ = READY.set(Some(runtime));
                 log::server(
                     s,
                     Level::Info,
@@ -80,7 +80,7 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
                             .unwrap_or_default()
                     ),
                 );
-                preload(s);
+                preload(s, runtime);
             }
             Err(e) => {
                 let _ = READY.set(None);
@@ -101,7 +101,7 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
 ///
 /// # Safety
 /// `s` heads httpd's server list.
-unsafe fn preload(s: *mut server_rec) {
+unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
     // (spec, Some(application group) for WSGIImportScript)
     let mut scripts: Vec<(AppSpec, Option<String>)> = Vec::new();
     // SAFETY: walking httpd's server list; configs are read-only now.
@@ -129,13 +129,7 @@ unsafe fn preload(s: *mut server_rec) {
             continue;
         }
         seen.push(spec);
-        let outcome = pyo3::Python::attach(|py| match rwsgi::app::get_app(py, spec) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let no_callable = e.is_instance_of::<pyo3::exceptions::PyLookupError>(py);
-                Err((no_callable, rwsgi::app::format_error(py, &e)))
-            }
-        });
+        let outcome = runtime.preload(spec);
         let path = match &spec.target {
             AppTarget::Script(p) => p.display().to_string(),
             AppTarget::Module(m) => m.clone(),
@@ -143,7 +137,7 @@ unsafe fn preload(s: *mut server_rec) {
         match outcome {
             Ok(()) => log::main_server(Level::Info, &format!("mod_rwsgi: preloaded {path}")),
             // An import script need not define a WSGI callable: it ran, which is the point.
-            Err((true, _)) if import_group.is_some() => log::main_server(
+            Err(e) if e.no_callable && import_group.is_some() => log::main_server(
                 Level::Info,
                 &format!(
                     "mod_rwsgi: ran import script {path} for application group {} (it defines no '{}')",
@@ -151,9 +145,9 @@ unsafe fn preload(s: *mut server_rec) {
                     spec.callable
                 ),
             ),
-            Err((_, text)) => {
+            Err(e) => {
                 log::main_server(Level::Error, &format!("mod_rwsgi: failed to load {path}:"));
-                for line in text.lines() {
+                for line in e.traceback.lines() {
                     log::main_server(Level::Error, line);
                 }
             }

@@ -9,6 +9,7 @@ use crate::options::MapHead;
 use rwsgi::{ExtraValue, Request};
 use std::borrow::Cow;
 use std::ffi::c_char;
+use std::sync::OnceLock;
 
 /// Where the request is mounted and which script runs it.
 pub struct Target<'a> {
@@ -17,40 +18,14 @@ pub struct Target<'a> {
     pub path_info: &'a [u8],
 }
 
-/// Environ keys the engine or this module set; subprocess_env must not replace them.
-/// HTTPS is not one: configuration sets it behind a TLS-terminating proxy (mod_wsgi's
-/// `SetEnvIf X-Forwarded-Proto https HTTPS=1`), and the engine reads it for the scheme.
-fn reserved(key: &str) -> bool {
-    const OWN: &[&str] = &[
-        "REQUEST_METHOD",
-        "SCRIPT_NAME",
-        "PATH_INFO",
-        "QUERY_STRING",
-        "SERVER_NAME",
-        "SERVER_PORT",
-        "SERVER_PROTOCOL",
-        "REMOTE_ADDR",
-        "REMOTE_PORT",
-        "CONTENT_TYPE",
-        "CONTENT_LENGTH",
-        "REQUEST_URI",
-        "SCRIPT_FILENAME",
-        "DOCUMENT_ROOT",
-        "SERVER_ADMIN",
-        "SERVER_SOFTWARE",
-        "GATEWAY_INTERFACE",
-        "SERVER_ADDR",
-        "REQUEST_SCHEME",
-        "CONTEXT_PREFIX",
-        "CONTEXT_DOCUMENT_ROOT",
-        "REMOTE_USER",
-        "AUTH_TYPE",
-        "PATH_TRANSLATED",
-    ];
-    OWN.contains(&key)
-        || key.starts_with("HTTP_")
-        || key.starts_with("wsgi.")
-        || key.starts_with("mod_wsgi.")
+/// The server banner (SERVER_SOFTWARE), fixed once httpd has started.
+fn server_banner() -> &'static str {
+    static BANNER: OnceLock<String> = OnceLock::new();
+    // SAFETY: ap_get_server_banner returns a NUL-terminated string that lives as long as
+    // the process configuration (or an empty one before it is set).
+    BANNER.get_or_init(|| {
+        String::from_utf8_lossy(unsafe { bytes(ap_get_server_banner()) }).into_owned()
+    })
 }
 
 /// Headers the app sees only with WSGIPassAuthorization On.
@@ -204,7 +179,6 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
         }
 
         let mut x: Vec<(Cow<'static, str>, ExtraValue)> = Vec::with_capacity(32);
-        extra(&mut x, "REQUEST_URI", &original_uri(r));
         extra(&mut x, "SCRIPT_FILENAME", target.script);
         extra(&mut x, "DOCUMENT_ROOT", bytes(ap_document_root(r)));
         extra(&mut x, "CONTEXT_PREFIX", bytes(ap_context_prefix(r)));
@@ -217,10 +191,7 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
         if !admin.is_null() {
             extra(&mut x, "SERVER_ADMIN", bytes(admin));
         }
-        extra(&mut x, "SERVER_SOFTWARE", bytes(ap_get_server_banner()));
         extra(&mut x, "SERVER_ADDR", bytes((*c).local_ip));
-        extra(&mut x, "GATEWAY_INTERFACE", b"CGI/1.1");
-        extra(&mut x, "REQUEST_SCHEME", bytes(ap_run_http_scheme(r)));
         if !(*r).user.is_null() {
             extra(&mut x, "REMOTE_USER", bytes((*r).user));
         }
@@ -279,7 +250,9 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
             ]),
         ));
 
-        // SetEnv / SetEnvIf / mod_rewrite E= / mod_ssl variables, as mod_wsgi passes them.
+        // SetEnv / SetEnvIf / mod_rewrite E= / mod_ssl variables, as mod_wsgi passes them
+        // (the engine leaves out any that would replace a per-request key).
+        let mut params = Vec::new();
         let env = apr_table_elts((*r).subprocess_env);
         if !env.is_null() && (*env).nelts > 0 {
             let entries = std::slice::from_raw_parts(
@@ -290,10 +263,7 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
                 let Some(key) = string(e.key as *const c_char) else {
                     continue;
                 };
-                if reserved(&key) || x.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                x.push((Cow::Owned(key), ExtraValue::Str(bytes(e.val).to_vec())));
+                params.push((key, bytes(e.val).to_vec()));
             }
         }
 
@@ -312,11 +282,14 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
             } else {
                 (*client).port.to_string()
             },
-            https: ap_ssl_conn_is_ssl(c) != 0,
+            // TLS to this server, or a ServerName https://... behind a TLS proxy.
+            https: ap_ssl_conn_is_ssl(c) != 0 || bytes(ap_run_http_scheme(r)) == b"https",
             headers,
             content_length,
-            input_terminated: true,
+            request_uri: original_uri(r),
+            server_software: Cow::Borrowed(server_banner()),
             extra: x,
+            params,
         }
     }
 }
@@ -324,28 +297,6 @@ pub unsafe fn build(r: *mut request_rec, settings: &Effective, target: &Target<'
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reserved_keys_are_not_overridden() {
-        for key in [
-            "REQUEST_METHOD",
-            "HTTP_HOST",
-            "wsgi.input",
-            "mod_wsgi.process_group",
-            "SCRIPT_NAME",
-        ] {
-            assert!(reserved(key), "{key}");
-        }
-        for key in [
-            "MY_SETTING",
-            "UNIQUE_ID",
-            "SSL_PROTOCOL",
-            "REDIRECT_STATUS",
-            "HTTPS",
-        ] {
-            assert!(!reserved(key), "{key}");
-        }
-    }
 
     #[test]
     fn credentials() {

@@ -134,19 +134,15 @@ unsafe fn apply_head(r: *mut request_rec, head: &ResponseHead) {
     unsafe {
         let pool = (*r).pool;
         (*r).status = c_int::from(head.status);
-        (*r).status_line = pstr(pool, head.status_line.as_bytes());
+        (*r).status_line = pstr(pool, &head.status_line);
         // Whatever mod_mime guessed from the script's file name is not the app's answer.
         (*r).content_type = std::ptr::null();
         (*r).content_encoding = std::ptr::null();
         for (name, value) in &head.headers {
-            if name.eq_ignore_ascii_case("content-type") {
-                ap_set_content_type(r, pstr(pool, value.as_bytes()));
+            if name.eq_ignore_ascii_case(b"content-type") {
+                ap_set_content_type(r, pstr(pool, value));
             } else {
-                apr_table_addn(
-                    (*r).headers_out,
-                    pstr(pool, name.as_bytes()),
-                    pstr(pool, value.as_bytes()),
-                );
+                apr_table_addn((*r).headers_out, pstr(pool, name), pstr(pool, value));
             }
         }
         if let Some(length) = head.content_length {

@@ -185,15 +185,8 @@ unsafe extern "C" fn set_callable(
 ) -> *mut c_char {
     let lc = &mut *(conf as *mut LocConf);
     let name = args(cf)[0];
-    let valid = !name.is_empty()
-        && name
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'));
-    if !valid {
-        return refuse(
-            cf,
-            &format!("wsgi_callable: \"{name}\" is not a Python name"),
-        );
+    if let Err(why) = rwsgi::check_callable_name(name) {
+        return refuse(cf, &format!("wsgi_callable: {why}"));
     }
     lc.callable = Some(name.to_string());
     NGX_CONF_OK
@@ -241,8 +234,8 @@ unsafe extern "C" fn set_param(
     let lc = &mut *(conf as *mut LocConf);
     let all: &mut [ngx_str_t] = (*(*cf).args).as_slice_mut();
     let name = String::from_utf8_lossy(all[1].as_bytes()).into_owned();
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return refuse(cf, &format!("wsgi_param: invalid name \"{name}\""));
+    if let Err(why) = rwsgi::check_param_name(&name) {
+        return refuse(cf, &format!("wsgi_param: {why}"));
     }
     let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
         as *mut ngx_http_complex_value_t;

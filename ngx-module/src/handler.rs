@@ -10,7 +10,7 @@ use crate::{worker, Module};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleServerConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
-use rwsgi::{ExtraValue, Request, ResponseSink};
+use rwsgi::{Request, ResponseSink};
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -83,11 +83,11 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     let request = build_request(r, lc, body_len);
 
     let exchange = (*ctx).exchange.clone();
-    let traits = worker.traits;
+    let runtime = worker.runtime;
     let job = Box::new(move || {
         let sink: Arc<dyn ResponseSink> = exchange.clone();
         crate::exchange::drive(&exchange, || {
-            rwsgi::run_request(&spec, traits, request, Box::new(body), sink)
+            runtime.run(&spec, request, Box::new(body), sink)
         });
     });
     if let Err(_job) = worker.pool.enqueue(job) {
@@ -130,8 +130,7 @@ fn bytes(s: &ngx_str_t) -> Vec<u8> {
 unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
     let rr = &*r;
     let c = rr.connection;
-    let (script_name, path_info) =
-        rwsgi::environ::split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
+    let (script_name, path_info) = rwsgi::split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
     let mut headers = Vec::with_capacity(16);
     for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
@@ -151,32 +150,11 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     } else {
         "HTTP/0.9".to_string()
     };
-    let https = !(*c).ssl.is_null();
-    let mut extra = vec![
-        (
-            Cow::Borrowed("REQUEST_URI"),
-            ExtraValue::Str(bytes(&rr.unparsed_uri)),
-        ),
-        (
-            Cow::Borrowed("REQUEST_SCHEME"),
-            ExtraValue::Static(if https { "https" } else { "http" }),
-        ),
-        (
-            Cow::Borrowed("GATEWAY_INTERFACE"),
-            ExtraValue::Static("CGI/1.1"),
-        ),
-        (
-            Cow::Borrowed("SERVER_SOFTWARE"),
-            ExtraValue::Static(SERVER_SOFTWARE),
-        ),
-    ];
+    let mut params = Vec::new();
     for param in lc.params.iter().flatten() {
         let mut value = ngx_str_t::default();
         if ngx_http_complex_value(r, param.value, &mut value) == NGX_OK as ngx_int_t {
-            extra.push((
-                Cow::Owned(param.name.clone()),
-                ExtraValue::Str(bytes(&value)),
-            ));
+            params.push((param.name.clone(), bytes(&value)));
         }
     }
     Request {
@@ -189,10 +167,12 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
         server_port: local_port.to_string(),
         remote_addr: String::from_utf8_lossy((*c).addr_text.as_bytes()).into_owned(),
         remote_port: ngx_inet_get_port((*c).sockaddr).to_string(),
-        https,
+        https: !(*c).ssl.is_null(),
         headers,
         content_length: has_body.then_some(body_len),
-        input_terminated: true,
-        extra,
+        request_uri: bytes(&rr.unparsed_uri),
+        server_software: Cow::Borrowed(SERVER_SOFTWARE),
+        extra: Vec::new(),
+        params,
     }
 }

@@ -20,26 +20,21 @@ unsafe fn pool_str(r: *mut ngx_http_request_t, bytes: &[u8]) -> Result<ngx_str_t
     })
 }
 
-/// Header values are latin-1 code points; on the wire each is one byte.
-fn latin1_bytes(s: &str) -> Vec<u8> {
-    s.chars().map(|c| c as u32 as u8).collect()
-}
-
 /// SAFETY: r is a live request whose header has not been sent; runs on the event loop.
 pub unsafe fn set_response_head(r: *mut ngx_http_request_t, head: &ResponseHead) -> Result<(), ()> {
     let out = &mut (*r).headers_out;
     out.status = head.status as ngx_uint_t;
-    out.status_line = pool_str(r, head.status_line.as_bytes())?;
+    out.status_line = pool_str(r, &head.status_line)?;
     // nginx's header filter marks 204 and 304 header-only only when status_line is empty,
     // and we always set it (the app's reason phrase). The engine sends no body after
     // them; this keeps nginx from adding one of its own (a chunked terminator).
-    if rwsgi::status::forbids_body(head.status) {
+    if head.forbids_body() {
         (*r).set_header_only(1);
     }
     out.content_length_n = head.content_length.map_or(-1, |n| n as off_t);
     for (name, value) in &head.headers {
-        let value = pool_str(r, &latin1_bytes(value))?;
-        if name.eq_ignore_ascii_case("content-type") {
+        let value = pool_str(r, value)?;
+        if name.eq_ignore_ascii_case(b"content-type") {
             // nginx matches types (charset, gzip_types) on the part before parameters.
             let bytes = std::slice::from_raw_parts(value.data, value.len);
             out.content_type_len = bytes
@@ -55,13 +50,13 @@ pub unsafe fn set_response_head(r: *mut ngx_http_request_t, head: &ResponseHead)
             return Err(());
         }
         (*h).hash = 1;
-        (*h).key = pool_str(r, name.as_bytes())?;
+        (*h).key = pool_str(r, name)?;
         (*h).value = value;
         (*h).lowcase_key = std::ptr::null_mut();
         // The app's Server and Date replace nginx's own instead of doubling them.
-        if name.eq_ignore_ascii_case("server") {
+        if name.eq_ignore_ascii_case(b"server") {
             out.server = h;
-        } else if name.eq_ignore_ascii_case("date") {
+        } else if name.eq_ignore_ascii_case(b"date") {
             out.date = h;
         }
     }

@@ -16,7 +16,6 @@
 use crate::output::{release, RequestCtx};
 use ngx::ffi::*;
 use ngx::ngx_log_error;
-use pyo3::Python;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -113,14 +112,14 @@ fn python_stack(thread: u64) -> Result<Option<String>, String> {
     if GIL_HELD.load(Ordering::Relaxed) {
         return Err("the GIL was not free for an earlier stack".into());
     }
+    let runtime = crate::worker::get()
+        .ok_or("Python is not running in this worker")?
+        .runtime;
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("rwsgi-stack".into())
         .spawn(move || {
-            let stack = Python::attach(|py| {
-                rwsgi::stack::thread_stack(py, thread).map_err(|e| rwsgi::app::format_error(py, &e))
-            });
-            let _ = tx.send(stack);
+            let _ = tx.send(runtime.thread_stack(thread));
         })
         .map_err(|e| format!("cannot start a thread to format it: {e}"))?;
     rx.recv_timeout(STACK_WAIT).unwrap_or_else(|_| {

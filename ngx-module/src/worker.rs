@@ -4,14 +4,13 @@
 use crate::config::{MainConf, DEFAULT_MAX_QUEUE, DEFAULT_THREADS};
 use ngx::ffi::*;
 use ngx::ngx_log_error;
-use pyo3::prelude::*;
 use rwsgi::pool::WorkerPool;
-use rwsgi::ServerTraits;
+use rwsgi::{Runtime, ServerTraits};
 use std::sync::OnceLock;
 
 pub struct Worker {
+    pub runtime: Runtime,
     pub pool: WorkerPool,
-    pub traits: ServerTraits,
     pub threads: usize,
     pub max_queue: usize,
 }
@@ -30,41 +29,43 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let log = (*cycle).log;
     tune_malloc();
     let home = mc.python_home.as_deref().map(std::path::Path::new);
-    if let Err(e) = rwsgi::interpreter::initialize(home) {
-        ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
-        return;
-    }
+    let threads = mc.threads.unwrap_or(DEFAULT_THREADS);
+    let max_queue = mc.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+    let traits = ServerTraits {
+        multithread: threads > 1,
+        multiprocess: ngx_ccf_worker_processes(cycle) > 1,
+    };
+    let runtime = match Runtime::start(home, traits) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
+            return;
+        }
+    };
     if let Err(e) = crate::bridge::start(cycle) {
         ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
         return;
     }
     // Import every configured app now, once per worker, so errors show at start-up.
     for spec in &mc.apps {
-        let result = Python::attach(|py| {
-            rwsgi::app::get_app(py, spec)
-                .map(|_| ())
-                .map_err(|e| rwsgi::app::format_error(py, &e))
-        });
-        match result {
+        match runtime.preload(spec) {
             Ok(()) => {
                 ngx_log_error!(NGX_LOG_INFO, log, "wsgi: loaded {}", spec.describe());
             }
-            Err(traceback) => {
+            Err(error) => {
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
                     "wsgi: cannot load {}; its requests get 500 until it loads:",
                     spec.describe()
                 );
-                for line in traceback.lines() {
+                for line in error.traceback.lines() {
                     ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
                 }
             }
         }
     }
-    let threads = mc.threads.unwrap_or(DEFAULT_THREADS);
-    let max_queue = mc.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
-    let pool = match WorkerPool::start(threads, max_queue, hold_gil) {
+    let pool = match runtime.start_pool(threads, max_queue) {
         Ok(pool) => pool,
         Err(e) => {
             ngx_log_error!(
@@ -76,13 +77,9 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
             return;
         }
     };
-    let multiprocess = ngx_ccf_worker_processes(cycle) > 1;
     let _ = WORKER.set(Worker {
+        runtime,
         pool,
-        traits: ServerTraits {
-            multithread: threads > 1,
-            multiprocess,
-        },
         threads,
         max_queue,
     });
@@ -128,30 +125,20 @@ unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     }
 }
 
-/// A pool thread keeps the GIL while it drains queued requests (see rwsgi::pool).
-fn hold_gil(drain: &mut dyn FnMut()) {
-    rwsgi::interpreter::adopt_current_thread();
-    Python::attach(|_| drain());
-}
-
 /// Response chunks that kept the app's bytes objects alive (rwsgi::chunk) were dropped
 /// here, off the GIL: queue a job that attaches to Python, which frees them now instead of
 /// whenever the next request comes.
 ///
 /// SAFETY: event-loop thread only (wake_pool_soon).
 pub unsafe fn free_dropped_chunks_soon() {
-    if !rwsgi::chunk::take_dropped_off_gil() {
+    let Some(worker) = get() else { return };
+    if !worker.runtime.chunks_dropped_off_gil() {
         return;
     }
-    if let Some(worker) = get() {
-        // A full queue means requests are coming, and each of them attaches anyway.
-        if worker
-            .pool
-            .enqueue(Box::new(|| Python::attach(|_| ())))
-            .is_ok()
-        {
-            wake_pool_soon();
-        }
+    // A full queue means requests are coming, and each of them attaches anyway.
+    let job = worker.runtime.free_dropped_chunks_job();
+    if worker.pool.enqueue(job).is_ok() {
+        wake_pool_soon();
     }
 }
 

@@ -137,6 +137,12 @@ def custom_status(environ, sr):
     return [b"short and stout\n"]
 
 
+def latin1_head(environ, sr):
+    """PEP 3333 native strings: the reason and a header value with an e-acute (U+00E9)."""
+    sr("200 Caf\u00e9", [("Content-Type", "text/plain"), ("X-Name", "caf\u00e9")])
+    return [b"latin-1 head\n"]
+
+
 def empty_body(environ, sr):
     sr("200 OK", [("Content-Type", "text/plain"), ("X-Empty", "1")])
     return []
@@ -161,6 +167,7 @@ ROUTES = {
     "/cl_exact": cl_exact,
     "/custom_status": custom_status,
     "/empty_body": empty_body,
+    "/latin1_head": latin1_head,
 }
 for _k in ("crlf_value", "lf_value", "cr_name", "lf_name", "latin1", "space_name"):
     ROUTES["/header_" + _k] = bad_header(_k)
