@@ -41,6 +41,7 @@ pub fn take_dropped_off_gil() -> bool {
 // `owner` keeps alive; reading it needs no GIL, and dropping `_owner` is safe on any
 // thread (see above). So the chunk may be read on, and moved to, any thread.
 unsafe impl Send for Chunk {}
+// SAFETY: as above: shared access only reads an immutable buffer.
 unsafe impl Sync for Chunk {}
 
 impl Chunk {

@@ -13,67 +13,144 @@ static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
 /// used through its bin/python3) or a Python prefix (PYTHONHOME). Later calls return
 /// the first call's result.
 pub fn initialize(home: Option<&Path>) -> Result<(), String> {
-    STARTED.get_or_init(|| unsafe { start(home) }).clone()
+    STARTED.get_or_init(|| start(home)).clone()
 }
 
-/// SAFETY: must run once per process (guarded by STARTED), on a thread that holds no
-/// Python state, before any other Python call. Leaves the GIL released.
-unsafe fn start(home: Option<&Path>) -> Result<(), String> {
-    if ffi::Py_IsInitialized() != 0 {
+/// Runs once per process (STARTED), before any other Python call, on a thread that holds
+/// no Python state. Leaves the GIL released.
+fn start(home: Option<&Path>) -> Result<(), String> {
+    // SAFETY: Py_IsInitialized may be called at any time.
+    if unsafe { ffi::Py_IsInitialized() } != 0 {
         // Someone else (another module) already owns the interpreter.
         return Err(
             "Python is already initialized in this process (is mod_wsgi loaded too?)".into(),
         );
     }
-    let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
-    ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
-    let mut config = config.assume_init();
-    config.install_signal_handlers = 0;
-    config.parse_argv = 0;
-    let status = match home {
-        Some(home) => configure_home(&mut config, home),
-        None => Ok(()),
-    };
-    if let Err(e) = status {
-        ffi::PyConfig_Clear(&mut config);
-        return Err(e);
+    let mut config = Config::new();
+    config.0.install_signal_handlers = 0;
+    config.0.parse_argv = 0;
+    if let Some(home) = home {
+        configure_home(&mut config, home)?;
     }
-    let status = ffi::Py_InitializeFromConfig(&config);
-    ffi::PyConfig_Clear(&mut config);
-    if ffi::PyStatus_Exception(status) != 0 {
-        let msg = if status.err_msg.is_null() {
-            "unknown error".to_string()
-        } else {
-            std::ffi::CStr::from_ptr(status.err_msg)
-                .to_string_lossy()
-                .into_owned()
-        };
-        return Err(format!("Python failed to start: {msg}"));
+    // SAFETY: config is initialized (Config::new) and Python is not running yet.
+    let status = unsafe { ffi::Py_InitializeFromConfig(&config.0) };
+    drop(config);
+    if let Some(message) = failure(&status) {
+        return Err(format!("Python failed to start: {message}"));
     }
-    // Py_InitializeFromConfig leaves this thread holding the GIL; hand it back.
-    ffi::PyEval_SaveThread();
+    // SAFETY: Py_InitializeFromConfig succeeded and left this thread holding the GIL;
+    // hand it back so the server's threads never hold it.
+    unsafe { ffi::PyEval_SaveThread() };
     Ok(())
 }
 
-/// SAFETY: `config` was initialized by PyConfig_InitPythonConfig and not yet used.
-unsafe fn configure_home(config: &mut ffi::PyConfig, home: &Path) -> Result<(), String> {
+/// A PyConfig initialized for an embedding application, cleared when dropped.
+struct Config(ffi::PyConfig);
+
+impl Config {
+    fn new() -> Config {
+        let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
+        // SAFETY: PyConfig_InitPythonConfig fully initializes the struct it is given, and
+        // may be called before Python starts.
+        unsafe {
+            ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+            Config(config.assume_init())
+        }
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        // SAFETY: self.0 was initialized by PyConfig_InitPythonConfig; clearing it frees
+        // the strings it owns, once.
+        unsafe { ffi::PyConfig_Clear(&mut self.0) };
+    }
+}
+
+/// The error message of a failed PyStatus, None for success.
+fn failure(status: &ffi::PyStatus) -> Option<String> {
+    // SAFETY: PyStatus_Exception only reads the status it is given (a copy).
+    if unsafe { ffi::PyStatus_Exception(*status) } == 0 {
+        return None;
+    }
+    Some(if status.err_msg.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: a failed status carries a static NUL-terminated message.
+        unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Refuses a home made for another Python: its modules (and a venv's compiled packages)
+/// would not load, and CPython would fail later with a far less helpful message.
+fn check_home_version(home: &Path, is_venv: bool) -> Result<(), String> {
+    let built = crate::runtime::PYTHON_VERSION;
+    let found = if is_venv {
+        // pyvenv.cfg: "version = 3.11.2" (or version_info on newer venvs).
+        std::fs::read_to_string(home.join("pyvenv.cfg"))
+            .ok()
+            .and_then(|cfg| {
+                cfg.lines().find_map(|line| {
+                    let (key, value) = line.split_once('=')?;
+                    matches!(key.trim(), "version" | "version_info").then(|| {
+                        value
+                            .trim()
+                            .split('.')
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    })
+                })
+            })
+    } else {
+        // A prefix holds lib/pythonX.Y; the one we were built for must be there.
+        (!home.join("lib").join(format!("python{built}")).is_dir()).then(|| {
+            std::fs::read_dir(home.join("lib"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("python").map(str::to_string))
+                })
+                .next()
+                .unwrap_or_else(|| "no Python".to_string())
+        })
+    };
+    match found {
+        Some(version) if version != built => Err(format!(
+            "Python home {} is for Python {version}, but this module was built for Python \
+             {built}: use a virtualenv made with Python {built}, or a module built for {version}",
+            home.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn configure_home(config: &mut Config, home: &Path) -> Result<(), String> {
     if !home.is_dir() {
         return Err(format!("Python home {} is not a directory", home.display()));
     }
     let is_venv = home.join("pyvenv.cfg").is_file();
+    check_home_version(home, is_venv)?;
     let (field, value) = if is_venv {
         // A venv is found through its interpreter: getpath reads pyvenv.cfg next to it.
         (
-            &raw mut config.program_name,
+            &raw mut config.0.program_name,
             home.join("bin").join("python3"),
         )
     } else {
-        (&raw mut config.home, home.to_path_buf())
+        (&raw mut config.0.home, home.to_path_buf())
     };
     let value = CString::new(value.to_string_lossy().into_owned())
         .map_err(|_| "Python home contains a NUL byte".to_string())?;
-    let status = ffi::PyConfig_SetBytesString(config, field, value.as_ptr());
-    if ffi::PyStatus_Exception(status) != 0 {
+    // SAFETY: field points into the initialized config; PyConfig_SetBytesString copies
+    // the NUL-terminated value into it (freeing what was there).
+    let status = unsafe { ffi::PyConfig_SetBytesString(&mut config.0, field, value.as_ptr()) };
+    if failure(&status).is_some() {
         return Err(format!("cannot use Python home {}", home.display()));
     }
     Ok(())

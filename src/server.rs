@@ -52,8 +52,8 @@ pub enum ExtraValue {
     IntTuple(Vec<i64>),
 }
 
-/// The request body as the server delivers it. `read` may block; the engine calls it
-/// without holding the GIL. Ok(0) means the body is complete.
+/// The request body as the server delivers it. `read` may block on the client; the engine
+/// calls it only with the GIL released. Ok(0) means the body is complete.
 pub trait BodyReader: Send {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Bytes left, when the server knows: lets `wsgi.input.read()` fill one bytes object
@@ -151,6 +151,13 @@ pub enum Flow {
 /// Where one request's output and log lines go. Shared (Arc) between the response and
 /// wsgi.errors, which the app may keep beyond the request: after the final event the
 /// server must still accept `log` (and send it to its global log).
+///
+/// The contract that keeps one slow client from holding up every other request's Python:
+/// - `send` and `offer` may wait for the client; the engine calls them only with the GIL
+///   released.
+/// - `log` never waits: not on I/O, nor on a lock that something holds across I/O. The
+///   engine calls it with the GIL held (wsgi.errors, tracebacks), from any thread, also
+///   while another thread of the same request is blocked in `send` or in a body read.
 pub trait ResponseSink: Send + Sync {
     /// Hands over events in order; drains `events`. May block for backpressure (the engine
     /// calls it without the GIL). Err means the client is gone; later calls keep failing.
@@ -163,5 +170,6 @@ pub trait ResponseSink: Send + Sync {
         self.send(events).map(|()| Flow::Open)
     }
     /// One line for the server's error log, in the request's context where possible.
+    /// Never blocks (see above).
     fn log(&self, level: LogLevel, message: &str);
 }

@@ -45,6 +45,22 @@ def test_python_home_venv(make_server, venv):
     assert prefix == str(venv)
 
 
+def test_python_home_of_another_version_is_refused(make_server):
+    """A virtualenv made with another Python cannot work with this module: the worker
+    says so in one line naming both versions, and the app answers 500."""
+    root = Path(tempfile.mkdtemp(prefix="rwsgi-venv-other-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        (root / "pyvenv.cfg").write_text("home = /nowhere\nversion = 3.7.17\n")
+        (root / "pyvenv.cfg").chmod(0o644)
+        s = make_server([Mount("/hello", "hello.py")], python_home=str(root))
+        assert get(s.port, "/hello").status == 500
+        line = s.wait_error_log(r"is for Python 3\.7, but this module was built for Python 3\.\d+")
+        assert line, s.log_tail()
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
 def test_without_python_home_venv_package_missing(make_server, venv):
     s = make_server([Mount("/venv", "venv_app.py")])
     mark, _ = s.log_mark()
