@@ -756,7 +756,7 @@ def write_results(ctx, results, servers, goals, skipped, args, started, elapsed,
     if skipped:
         lines += ["", "Skipped:", ""] + [f"- {s}" for s in skipped]
     lines += ["", "## Results", "", md_table(rows), "", "![req/s per workload per server](results.png)",
-              "", "## Goals (issue 6)", "", "| goal | result | measured |", "|---|---|---|"]
+              "", "## Goals", "", "| goal | result | measured |", "|---|---|---|"]
     lines += [f"| {d} | {r} | {x} |" for d, r, x in goals]
     lines.append("")
     (BENCH / "RESULTS.md").write_text("\n".join(lines))
@@ -987,7 +987,7 @@ def main():
     log("\n" + text_table(rows))
     for line in skipped:
         log(f"SKIPPED {line}")
-    log("\nGoals (issue 6):")
+    log("\nGoals:")
     for d, r, x in goals:
         log(f"  {r:4}  {d}: {x}")
     if args.write_files:

@@ -1,4 +1,4 @@
-//! Property tests across modules (issue 5, fuzzing):
+//! Property tests across modules:
 //!
 //! - `wsgi.input` ([`Input`]) behaves exactly like Python's `io.BytesIO` over the same
 //!   body for any sequence of read() / read(n) / readline() / readline(n) / readlines() /
