@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -72,17 +73,38 @@ VENV_APP = """\
     """
 
 
+def local_wheel(where: Path, package: str, init: str) -> Path:
+    """A pure-Python wheel holding `package` (its __init__.py is `init`), written by hand:
+    pip installs a wheel without a build backend, and a venv of Python 3.12+ has no
+    setuptools to build one from a setup.py."""
+    name, version = package.replace("_", "-"), "1.0"
+    info = f"{package}-{version}.dist-info"
+    files = {
+        f"{package}/__init__.py": init.encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: rwsgi-tests\nRoot-Is-Purelib: true\n"
+                         b"Tag: py3-none-any\n",
+    }
+
+    def digest(data: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{n},sha256={digest(d)},{len(d)}\n" for n, d in files.items())
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    wheel = where / f"{package}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+    return wheel
+
+
 def test_python_home_venv_with_pip_installed_package(apache):
     s = apache()
     venv = s.run / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-    write(s.run / "localpkg" / "setup.py",
-          'from setuptools import setup\n'
-          'setup(name="rwsgi-localpkg", version="1.0", packages=["rwsgi_localpkg"])\n')
-    write(s.run / "localpkg" / "rwsgi_localpkg" / "__init__.py", 'MESSAGE = "installed by pip"\n')
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-build-isolation",
-                    str(s.run / "localpkg")], check=True, timeout=120,
-                   capture_output=True)
+    wheel = local_wheel(s.run, "rwsgi_localpkg", 'MESSAGE = "installed by pip"\n')
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", str(wheel)],
+                   check=True, timeout=120, capture_output=True)
     for root, dirs, files in os.walk(s.run):
         for d in dirs:
             Path(root, d).chmod(0o755)
