@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 
-from .common import HOST, MODULES, Mount, Server, ServerError, wait_port, wait_until
+from .common import DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, wait_port, wait_until
 
 APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
@@ -89,6 +89,8 @@ class ApacheServer(Server):
             f"LimitRequestBody {max_body}",
             f"<Directory {r}>\n    Require all granted\n</Directory>",
         ]
+        if python_home is None:
+            python_home = DEFAULT_PYTHON_HOME
         if python_home:
             lines.append(f"WSGIPythonHome {python_home}")
         paths = []

@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = REPO / "target" / "modules"
+# Overrides for builds tested elsewhere than `make build` puts them (make matrix):
+# RWSGI_MODULES, the directory holding both modules; RWSGI_PYTHON_HOME, the Python prefix
+# (or venv) every server is given when a test does not choose one (`wsgi_python_home` /
+# `WSGIPythonHome`), for modules built against a Python installed away from its compiled-in
+# prefix. See also RWSGI_NGINX in nginx.py.
+MODULES = Path(os.environ.get("RWSGI_MODULES") or REPO / "target" / "modules")
+DEFAULT_PYTHON_HOME = os.environ.get("RWSGI_PYTHON_HOME") or None
 APPS_SRC = REPO / "tests" / "apps"
 HOST = "127.0.0.1"
 

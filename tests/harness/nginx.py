@@ -6,9 +6,12 @@ import signal
 import subprocess
 import time
 
-from .common import HOST, MODULES, Mount, Server, ServerError, children_of, wait_port, wait_until
+from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, children_of,
+                     wait_port, wait_until)
 
-NGINX = "/usr/sbin/nginx"
+# RWSGI_NGINX: another nginx binary (one built from source, make matrix); the module must
+# have been built against that nginx's configured tree.
+NGINX = os.environ.get("RWSGI_NGINX") or "/usr/sbin/nginx"
 
 
 class NginxServer(Server):
@@ -57,6 +60,8 @@ class NginxServer(Server):
             http.append(f"wsgi_threads {threads};")
         if max_queue is not None:
             http.append(f"wsgi_max_queue {max_queue};")
+        if python_home is None:
+            python_home = DEFAULT_PYTHON_HOME
         if python_home is not None:
             http.append(f"wsgi_python_home {python_home};")
         http.extend(self.expand(x) for x in http_extra)
