@@ -27,7 +27,7 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build demo test test-rust test-servers bench soak lint clean
+.PHONY: deps build demo test test-rust test-servers matrix bench soak lint clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -73,6 +73,11 @@ test-servers: build
 	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side'
 
 test: build test-rust test-servers
+
+# Builds and tests on Debian 13 (chroot), nginx 1.28 and Python 3.9/3.10/3.12/3.13
+# (.ci/matrix says how); writes docs/MATRIX.md, fails if a combination fails.
+matrix: deps
+	bash .ci/matrix
 
 lint: $(NGINX_CONFIGURED)
 	cargo fmt --all --check
