@@ -31,7 +31,7 @@ pub use app::{AppSpec, AppTarget, DEFAULT_CALLABLE};
 pub use call::Parked;
 pub use chunk::Chunk;
 pub use config_names::{check_callable_name, check_param_name, is_reserved_environ_key};
-pub use environ::split_mount;
+pub use environ::{is_under_mount, split_mount};
 pub use runtime::{python_version_line, LoadError, Runtime, ServerTraits, PYTHON_VERSION};
 pub use server::{
     BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,

@@ -20,6 +20,15 @@ const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"))
 /// SAFETY: nginx calls content handlers on the event loop with a live request.
 pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     crate::no_unwind(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+        // `location /app` also matches /appx: that URI is not the app's (WSGIScriptAlias
+        // answers 404 for it too), and the app would see it with SCRIPT_NAME ''.
+        if let Some(lc) = location_conf(&*r) {
+            if lc.script_name.is_none()
+                && !rwsgi::is_under_mount((*r).uri.as_bytes(), lc.mount().as_bytes())
+            {
+                return NGX_HTTP_NOT_FOUND as ngx_int_t;
+            }
+        }
         // Reads the whole body (memory or temp file, chunked included) before Python
         // sees the request; 413 for client_max_body_size comes from here.
         let rc = ngx_http_read_client_request_body(r, Some(body_ready));
@@ -133,6 +142,12 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     let (script_name, path_info) = rwsgi::split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
     let mut headers = Vec::with_capacity(16);
     for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
+        // nginx has read the whole body and taken off its chunked framing: the app gets
+        // it with CONTENT_LENGTH, and a Transfer-Encoding beside that would be a lie
+        // (apps that refuse chunked requests, as httpbin does, would answer 501).
+        if name.as_bytes().eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
     let has_body =
