@@ -13,6 +13,9 @@ use std::sync::Arc;
 /// Largest block asked from httpd in one call.
 const MAX_READ: usize = 64 * 1024;
 
+/// The request body of one request. `read` waits for the request's [`Live`] lock and for
+/// the client, so the engine only calls it with the GIL released (see
+/// [`crate::sink::ApacheSink`] for the whole contract).
 pub struct ApacheBody {
     live: Arc<Live>,
     /// The Content-Length of a body that is not chunked: HTTP_IN delivers exactly that.

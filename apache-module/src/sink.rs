@@ -14,6 +14,19 @@ use std::fs::File;
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
+/// The response sink of one request.
+///
+/// Contract with the engine (every method may be called from any thread, including a
+/// thread the app started, and after the request ended):
+/// - `log` never blocks: it is called with the GIL held, while the request's own thread
+///   may hold the request's [`Live`] lock for a write to a client that reads nothing
+///   (up to httpd's `Timeout`). Waiting there would stop every Python thread of the
+///   process, so a line that finds the request busy is queued ([`Live::log`]).
+/// - `send` and `offer` (and [`crate::body::ApacheBody`]'s `read`) are only called with
+///   the GIL released: they wait for the Live lock and for the client.
+/// - `offer` never reports `Flow::Full`: it waits in `send` (the engine's default), so
+///   `rwsgi::run_request` never hands back a parked response on this server (the
+///   request owns its httpd thread anyway).
 pub struct ApacheSink {
     live: Arc<Live>,
 }
@@ -36,15 +49,7 @@ impl rwsgi::ResponseSink for ApacheSink {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        let level = Level::from(level);
-        // SAFETY: while the state exists the request is live (the handler has not returned).
-        let logged = self
-            .live
-            .with(|state| unsafe { log::request(state.r, level, message) });
-        if logged.is_none() {
-            // The app kept wsgi.errors beyond its request.
-            log::main_server(level, message);
-        }
+        self.live.log(Level::from(level), message);
     }
 }
 
