@@ -70,7 +70,6 @@ pub struct DirConfig {
     pub application_group: *const c_char,
     pub pass_authorization: Option<bool>,
     pub script_reloading: Option<bool>,
-    pub chunked_request: Option<bool>,
     pub enable_sendfile: Option<bool>,
     pub map_head_to_get: Option<MapHead>,
 }
@@ -81,7 +80,6 @@ impl DirConfig {
         application_group: ptr::null(),
         pass_authorization: None,
         script_reloading: None,
-        chunked_request: None,
         enable_sendfile: None,
         map_head_to_get: None,
     };
@@ -93,7 +91,6 @@ impl DirConfig {
             application_group: pick(add.application_group, base.application_group),
             pass_authorization: add.pass_authorization.or(base.pass_authorization),
             script_reloading: add.script_reloading.or(base.script_reloading),
-            chunked_request: add.chunked_request.or(base.chunked_request),
             enable_sendfile: add.enable_sendfile.or(base.enable_sendfile),
             map_head_to_get: add.map_head_to_get.or(base.map_head_to_get),
         }

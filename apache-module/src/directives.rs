@@ -338,7 +338,6 @@ macro_rules! dir_flag {
 
 dir_flag!(pass_authorization, pass_authorization);
 dir_flag!(script_reloading, script_reloading);
-dir_flag!(chunked_request, chunked_request);
 dir_flag!(enable_sendfile, enable_sendfile);
 
 unsafe extern "C" fn daemon_process(
@@ -463,7 +462,7 @@ pub static COMMANDS: Commands = Commands([
     take1(c"WSGICallableObject", callable_object, ANYWHERE, c"name of the WSGI callable in the script (default application)"),
     take1(c"WSGIApplicationGroup", application_group, ANYWHERE, c"application group: %{GLOBAL}, %{RESOURCE}, %{SERVER}, %{HOST}, %{ENV:var} or a name"),
     flag(c"WSGIPassAuthorization", pass_authorization, ANYWHERE, c"On to pass the Authorization header to the application"),
-    flag(c"WSGIChunkedRequest", chunked_request, ANYWHERE, c"accepted for compatibility: chunked request bodies always work"),
+    flag(c"WSGIChunkedRequest", ignored_flag, ANYWHERE, c"accepted for compatibility: chunked request bodies always work"),
     flag(c"WSGIScriptReloading", script_reloading, ANYWHERE, c"On (default) to reload a script when its modification time changes"),
     take1(c"WSGIMapHEADToGET", map_head_to_get, ANYWHERE, c"Off, On or Auto (default): run HEAD requests as GET"),
     flag(c"WSGIEnableSendfile", enable_sendfile, ANYWHERE, c"On to send wsgi.file_wrapper files with sendfile"),

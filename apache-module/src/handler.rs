@@ -146,12 +146,10 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
         let declared = if chunked { None } else { req.content_length };
         let body = Box::new(ApacheBody::new(live.clone(), declared));
         let sink = Arc::new(ApacheSink::new(live.clone()));
-        // The sink waits for the client (this thread is the request's anyway), so the
-        // engine never parks; resuming here keeps that true whatever the sink says.
-        let mut parked = rwsgi::run_request(&spec, traits, req, body, sink);
-        while let Some(response) = parked {
-            parked = response.resume();
-        }
+        // ApacheSink::offer waits for the client in send and never says Full (this thread
+        // is the request's anyway), so the engine never hands back a parked response.
+        let parked = rwsgi::run_request(&spec, traits, req, body, sink);
+        debug_assert!(parked.is_none(), "ApacheSink never parks a response");
         // The sink dropped response chunks that kept bytes objects alive without the GIL:
         // free them now rather than at the next request (see rwsgi::chunk).
         if rwsgi::chunk::take_dropped_off_gil() {
@@ -164,7 +162,6 @@ unsafe fn handle(r: *mut request_rec) -> c_int {
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
         match (state.finish, state.read_error) {
-            (Some(Finish::Fail(_)), Some(AP_FILTER_ERROR)) if !state.passed => AP_FILTER_ERROR,
             (Some(Finish::Fail(_)), Some(status)) if !state.passed => status,
             (Some(Finish::Fail(status)), _) if !state.passed => c_int::from(status),
             (None, _) if !state.passed => HTTP_INTERNAL_SERVER_ERROR as c_int,

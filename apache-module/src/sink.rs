@@ -8,7 +8,7 @@ use crate::apr::{insert_tail, pstr};
 use crate::bindings::*;
 use crate::live::{Finish, Live, State};
 use crate::log::{self, Level};
-use rwsgi::{Chunk, ClientGone, LogLevel, OutputEvent, ResponseHead};
+use rwsgi::{Chunk, ClientGone, Flow, LogLevel, OutputEvent, ResponseHead};
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::os::fd::IntoRawFd;
@@ -24,8 +24,8 @@ use std::sync::Arc;
 ///   process, so a line that finds the request busy is queued ([`Live::log`]).
 /// - `send` and `offer` (and [`crate::body::ApacheBody`]'s `read`) are only called with
 ///   the GIL released: they wait for the Live lock and for the client.
-/// - `offer` never reports `Flow::Full`: it waits in `send` (the engine's default), so
-///   `rwsgi::run_request` never hands back a parked response on this server (the
+/// - `offer` never reports [`Flow::Full`]: it waits in `send` like the engine's default,
+///   so `rwsgi::run_request` never hands back a parked response on this server (the
 ///   request owns its httpd thread anyway).
 pub struct ApacheSink {
     live: Arc<Live>,
@@ -46,6 +46,10 @@ impl rwsgi::ResponseSink for ApacheSink {
             .unwrap_or(Err(ClientGone));
         events.clear();
         outcome
+    }
+
+    fn offer(&self, events: &mut Vec<OutputEvent>) -> Result<Flow, ClientGone> {
+        self.send(events).map(|()| Flow::Open)
     }
 
     fn log(&self, level: LogLevel, message: &str) {
