@@ -19,6 +19,7 @@ mod mapping;
 mod module;
 mod options;
 mod python;
+mod req;
 mod request;
 mod sink;
 

@@ -3,6 +3,7 @@
 
 use crate::bindings::*;
 use crate::module::module_index;
+use crate::req::Req;
 use rwsgi::LogLevel;
 use std::ffi::{c_int, CString};
 use std::panic::Location;
@@ -65,6 +66,13 @@ pub unsafe fn request(r: *const request_rec, level: Level, message: &str) {
     }
 }
 
+/// Logs in the context of a request a hook is running for.
+#[track_caller]
+pub fn for_request(req: Req<'_>, level: Level, message: &str) {
+    // SAFETY: a Req is live for as long as it is used.
+    unsafe { request(req.ptr(), level, message) }
+}
+
 /// Logs for a server (virtual host), e.g. at startup.
 ///
 /// # Safety
@@ -93,8 +101,7 @@ pub unsafe fn server(s: *const server_rec, level: Level, message: &str) {
 pub fn main_server(level: Level, message: &str) {
     // SAFETY: ap_server_conf is set by httpd before any module code runs in a child and
     // stays valid for the process; reading the pointer value does not create a reference.
-    unsafe {
-        let s = std::ptr::addr_of!(ap_server_conf).read();
-        server(s, level, message);
-    }
+    let s = unsafe { std::ptr::addr_of!(ap_server_conf).read() };
+    // SAFETY: s is the live main server_rec (or NULL, which ap_log_error accepts).
+    unsafe { server(s, level, message) };
 }
