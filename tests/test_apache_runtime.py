@@ -177,8 +177,14 @@ def test_script_alias_match_substitutes_groups(apache):
     assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == \
         ("/apps/environ_app", "/x/y", "q=1")
     assert env["SCRIPT_FILENAME"] == f"{s.apps_dir}/environ_app.py"
+    mark, _ = s.log_mark()
     assert get(s.port, "/apps/no_such_app").status == 404
+    # the pattern matched, and the script it names is missing (not an unmatched URL)
+    assert s.wait_error_log(r"mod_rwsgi: target WSGI script not found or unable to stat: "
+                            rf"{re.escape(str(s.apps_dir))}/no_such_app\.py", mark), s.log_tail()
+    mark, _ = s.log_mark()
     assert get(s.port, "/other").status == 404
+    assert "mod_rwsgi" not in s.error_log(mark), "an unmatched URL reached mod_rwsgi"
 
 
 def test_addhandler_wsgi_script_needs_execcgi(apache):
@@ -198,7 +204,10 @@ def test_addhandler_wsgi_script_needs_execcgi(apache):
     assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == \
         ("/h/app.wsgi", "/extra/path", "x=1")
     assert env["mod_wsgi.request_handler"] == "wsgi-script"
+    mark, _ = s.log_mark()
     assert get(s.port, "/noexec/app.wsgi").status == 403
+    assert s.wait_error_log(r"mod_rwsgi: Options ExecCGI is off in this directory: "
+                            rf"{re.escape(str(s.run))}/noexec/app\.wsgi", mark), s.log_tail()
 
 
 # ---------------------------------------------------------------- environ extras

@@ -6,6 +6,9 @@
 //! ([`request`]) and runs it through `rwsgi::run_request` with a body reader ([`body`]) and
 //! a response sink ([`sink`]) over httpd's filter chains.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod apr;
 mod bindings;
 mod body;
@@ -19,6 +22,7 @@ mod mapping;
 mod module;
 mod options;
 mod python;
+mod req;
 mod request;
 mod sink;
 
