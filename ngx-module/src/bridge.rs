@@ -3,13 +3,13 @@
 //! its normal event machinery, drains the list. One eventfd write per batch, not per
 //! event, and no nginx call ever happens off the loop thread.
 
-use crate::exchange::Exchange;
+use crate::exchange::Ready;
 use ngx::ffi::*;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 pub struct Bridge {
     eventfd: i32,
-    ready: Mutex<Vec<Arc<Exchange>>>,
+    ready: Mutex<Vec<Ready>>,
 }
 
 static BRIDGE: OnceLock<Bridge> = OnceLock::new();
@@ -49,7 +49,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
 }
 
 /// Called from any thread: the exchange has something for the loop.
-pub fn schedule(exchange: Arc<Exchange>) {
+pub fn schedule(exchange: Ready) {
     let Some(bridge) = BRIDGE.get() else { return };
     let mut ready = bridge.ready.lock().unwrap_or_else(|e| e.into_inner());
     let was_empty = ready.is_empty();
@@ -77,6 +77,6 @@ extern "C" fn on_wakeup(_ev: *mut ngx_event_t) {
     };
     let batch = std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()));
     for exchange in batch {
-        crate::no_unwind((), || crate::output::pump(&exchange));
+        crate::no_unwind((), || crate::output::pump(exchange));
     }
 }

@@ -1,19 +1,18 @@
-//! The content handler: waits for nginx to read the body, copies the request into the
-//! engine's [`rwsgi::Request`], and hands it to the worker's Python thread pool. From here
-//! on the request belongs to output.rs until the thread's final event.
+//! The content handler, where a request starts: waits for nginx to read the body, copies
+//! the request into the engine's [`rwsgi::Request`], splits it into its two sides
+//! (exchange.rs) and hands the thread's side to the worker's Python thread pool
+//! (thread.rs). From here on the loop's side of the request is output.rs's, until the
+//! thread's final event.
 
 use crate::body::NginxBody;
 use crate::config::{location_conf, LocConf};
-use crate::exchange::Exchange;
-use crate::output::{arm_guard, on_read, RequestCtx};
-use crate::{worker, Module};
+use crate::output::RequestCtx;
+use crate::{exchange, thread, worker};
 use ngx::ffi::*;
-use ngx::http::{HttpModule, HttpModuleServerConf, NgxHttpCoreModule};
+use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
-use rwsgi::{ExtraValue, Request, ResponseSink};
+use rwsgi::{ExtraValue, Request};
 use std::borrow::Cow;
-use std::ffi::c_void;
-use std::sync::Arc;
 
 const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"));
 
@@ -56,22 +55,16 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
-    // Loop-side context, freed with the request pool.
-    let cln = ngx_pool_cleanup_add((*r).pool, 0);
-    if cln.is_null() {
-        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    }
-    let exchange = Exchange::new();
-    let ctx: *mut RequestCtx = Box::into_raw(Box::new(RequestCtx::new(r, exchange.clone())));
-    exchange.bind(ctx as usize);
-    (*cln).handler = Some(free_ctx);
-    (*cln).data = ctx as *mut c_void;
-    *(*r).ctx.add(Module::module().ctx_index) = ctx as *mut c_void;
+    // The request's two sides: the loop's goes into its context (output.rs), freed with
+    // the request pool; the thread's goes with the job (thread.rs).
+    let (thread_side, loop_side) = exchange::pair();
+    let ctx =
+        RequestCtx::install(r, loop_side).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
     if !crate::shutdown::watch(r, ctx) {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }
 
-    let (body, body_len) = NginxBody::capture(r, exchange).map_err(|e| {
+    let (body, body_len) = NginxBody::capture(r, thread_side.clone()).map_err(|e| {
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
@@ -82,14 +75,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     })?;
     let request = build_request(r, lc, body_len);
 
-    let exchange = (*ctx).exchange.clone();
-    let traits = worker.traits;
-    let job = Box::new(move || {
-        let sink: Arc<dyn ResponseSink> = exchange.clone();
-        crate::exchange::drive(&exchange, || {
-            rwsgi::run_request(&spec, traits, request, Box::new(body), sink)
-        });
-    });
+    let job = thread::start(spec, worker.traits, request, Box::new(body), thread_side);
     if let Err(_job) = worker.pool.enqueue(job) {
         ngx_log_error!(
             NGX_LOG_ERR,
@@ -100,26 +86,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         );
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
-    // While the thread owns the request: `blocked` stops nginx from freeing it (client
-    // abort, timeouts), the guard timer keeps a quitting worker alive, and the read
-    // handler notices a client that disconnects.
-    let main = (*r).main;
-    (*main).set_blocked((*main).blocked() + 1);
-    (*ctx).blocked = true;
-    arm_guard(&mut *ctx);
-    (*r).read_event_handler = Some(on_read);
+    (*ctx.as_ptr()).lend_to_thread();
     worker::wake_pool_soon();
     Ok(())
-}
-
-extern "C" fn free_ctx(data: *mut c_void) {
-    // SAFETY: data is the Box<RequestCtx> leaked in start_request, freed exactly once here
-    // when the request pool is destroyed.
-    crate::no_unwind((), || unsafe {
-        drop(Box::from_raw(data as *mut RequestCtx));
-        // Pool cleanups run on the event loop.
-        crate::worker::free_dropped_chunks_soon();
-    });
 }
 
 fn bytes(s: &ngx_str_t) -> Vec<u8> {

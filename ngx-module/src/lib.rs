@@ -1,10 +1,14 @@
 //! ngx_http_rwsgi_module: hosts WSGI apps inside nginx worker processes on the rwsgi
 //! engine. Python never runs on the event loop: requests go to a per-worker thread pool
-//! (worker.rs) and come back through an eventfd (bridge.rs, exchange.rs, output.rs).
+//! (worker.rs) and come back through an eventfd (bridge.rs).
 //!
-//! Files: config.rs (directives), handler.rs (request in), body.rs (request body),
-//! headers.rs and output.rs (response out), worker.rs (per-process start-up),
-//! shutdown.rs (worker_shutdown_timeout for requests still in Python).
+//! A request has two sides that share only its exchange (exchange.rs). Files by side:
+//! - event loop: handler.rs (request in), output.rs (the request's context, response
+//!   out, finalize), headers.rs (response head), shutdown.rs (worker_shutdown_timeout
+//!   for requests still in Python);
+//! - Python thread: thread.rs (the job and the engine's sink), body.rs (request body);
+//! - between them: exchange.rs (the shared state), bridge.rs (thread-to-loop wake-up);
+//! - process: config.rs (directives), worker.rs (per-worker start-up).
 
 mod body;
 mod bridge;
@@ -14,6 +18,7 @@ mod handler;
 mod headers;
 mod output;
 mod shutdown;
+mod thread;
 mod worker;
 
 use config::{LocConf, MainConf};

@@ -13,11 +13,12 @@
 //! Nothing else changes: without worker_shutdown_timeout, or for a client that merely
 //! left, the worker still waits for the app to return.
 
-use crate::output::{release, RequestCtx};
+use crate::output::RequestCtx;
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 use pyo3::Python;
 use std::ffi::c_void;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -35,13 +36,13 @@ static GIL_HELD: AtomicBool = AtomicBool::new(false);
 ///
 /// SAFETY: r is live, on the event loop; ctx is r's context (freed with r's pool, after
 /// the request's cleanups have run).
-pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: *mut RequestCtx) -> bool {
+pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: NonNull<RequestCtx>) -> bool {
     let cln = ngx_http_cleanup_add(r, 0);
     if cln.is_null() {
         return false;
     }
     (*cln).handler = Some(on_terminate);
-    (*cln).data = ctx as *mut c_void;
+    (*cln).data = ctx.as_ptr() as *mut c_void;
     true
 }
 
@@ -51,16 +52,16 @@ extern "C" fn on_terminate(data: *mut c_void) {
     // run; called on the event loop.
     crate::no_unwind((), || unsafe {
         let ctx = &mut *(data as *mut RequestCtx);
-        if !ctx.blocked {
+        if !ctx.held_by_thread() {
             return; // the thread is done with the request
         }
-        let r = ctx.r;
+        let r = ctx.r();
         let c = (*r).connection;
         // c->close on a busy connection of an exiting worker: the shutdown timeout.
         if ngx_exiting == 0 || (*c).close() == 0 {
             // Terminated for another reason (the client left): nginx has dropped the
             // request's cleanups, so watch again for a shutdown timeout to come.
-            if !watch(r, ctx) {
+            if !watch(r, NonNull::from(ctx)) {
                 ngx_log_error!(
                     NGX_LOG_ALERT,
                     (*c).log,
@@ -69,9 +70,11 @@ extern "C" fn on_terminate(data: *mut c_void) {
             }
             return;
         }
-        let thread = ctx.exchange.abandon();
-        log_stuck((*c).log, thread);
-        release(ctx);
+        // From now on the thread's output is dropped and its body reads fail.
+        let Some(released) = ctx.release() else {
+            return;
+        };
+        log_stuck((*c).log, released.python_thread);
         if (*r).header_sent() == 0 {
             (*r).headers_out.status = NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_uint_t;
         }
