@@ -4,6 +4,7 @@
 //! event, and no nginx call ever happens off the loop thread.
 
 use crate::exchange::Ready;
+use crate::{no_unwind, Site};
 use ngx::ffi::*;
 use std::sync::{Mutex, OnceLock};
 
@@ -65,18 +66,26 @@ pub fn schedule(exchange: Ready) {
 
 /// Event-loop handler of the eventfd's read event.
 extern "C" fn on_wakeup(_ev: *mut ngx_event_t) {
-    let Some(bridge) = BRIDGE.get() else { return };
-    let mut counter: u64 = 0;
-    // SAFETY: reading 8 bytes into a local u64 from our non-blocking eventfd resets it.
-    unsafe {
-        libc::read(
-            bridge.eventfd,
-            &mut counter as *mut u64 as *mut libc::c_void,
-            8,
-        )
-    };
-    let batch = std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()));
+    let batch = no_unwind(Site::PROCESS, "bridge", Vec::new(), || {
+        let Some(bridge) = BRIDGE.get() else {
+            return Vec::new();
+        };
+        let mut counter: u64 = 0;
+        // SAFETY: reading 8 bytes into a local u64 from our non-blocking eventfd resets it.
+        unsafe {
+            libc::read(
+                bridge.eventfd,
+                &mut counter as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()))
+    });
+    // Each request's output is guarded on its own (output::pump): one request's panic
+    // ends that request, not the others'.
     for exchange in batch {
-        crate::no_unwind((), || crate::output::pump(exchange));
+        no_unwind(Site::PROCESS, "bridge", (), || {
+            crate::output::pump(exchange)
+        });
     }
 }

@@ -7,7 +7,7 @@
 use crate::body::NginxBody;
 use crate::config::{location_conf, LocConf};
 use crate::output::RequestCtx;
-use crate::{exchange, thread, worker};
+use crate::{exchange, no_unwind, thread, worker, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
@@ -16,12 +16,17 @@ use std::borrow::Cow;
 
 const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"));
 
-/// SAFETY: nginx calls content handlers on the event loop with a live request.
+/// # Safety
+/// nginx calls content handlers on the event loop with a live request.
 pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    crate::no_unwind(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+    // SAFETY: r is live for the whole handler (the contract above).
+    let site = unsafe { Site::handler(r) };
+    let internal_error = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    no_unwind(site, "content handler", internal_error, || {
         // Reads the whole body (memory or temp file, chunked included) before Python
         // sees the request; 413 for client_max_body_size comes from here.
-        let rc = ngx_http_read_client_request_body(r, Some(body_ready));
+        // SAFETY: r is live; body_ready is called with it once the body is read.
+        let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_ready)) };
         if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
             return rc;
         }
@@ -32,10 +37,17 @@ pub unsafe extern "C" fn wsgi_content_handler(r: *mut ngx_http_request_t) -> ngx
 /// Body post-handler: runs with the request count that read_client_request_body took,
 /// which our final ngx_http_finalize_request releases.
 extern "C" fn body_ready(r: *mut ngx_http_request_t) {
-    // SAFETY: nginx passes the live request whose body it has read.
-    let internal_error = Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-    if let Err(status) = crate::no_unwind(internal_error, || unsafe { start_request(r) }) {
-        crate::no_unwind((), || unsafe { ngx_http_finalize_request(r, status) });
+    // SAFETY: nginx passes the live request whose body it has read, on the event loop;
+    // start_request does not finalize it (it returns the status instead).
+    let site = unsafe { Site::request(r) };
+    // After a panic the guard has finalized the request already.
+    // SAFETY: as above.
+    let started = no_unwind(site, "request body handler", Ok(()), || unsafe {
+        start_request(r)
+    });
+    if let Err(status) = started {
+        // SAFETY: as above; this releases the body's request count.
+        unsafe { ngx_http_finalize_request(r, status) };
     }
 }
 

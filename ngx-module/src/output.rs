@@ -18,7 +18,7 @@
 
 use crate::exchange::{cost, LoopSide, Ready};
 use crate::headers::set_response_head;
-use crate::Module;
+use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::HttpModule;
 use ngx::ngx_log_error;
@@ -396,7 +396,7 @@ impl RequestCtx {
 
 /// Pool cleanup: frees the context with the request.
 extern "C" fn free_ctx(data: *mut c_void) {
-    crate::no_unwind((), || {
+    no_unwind(Site::PROCESS, "request pool cleanup", (), || {
         // SAFETY: data is the box leaked in RequestCtx::install, freed exactly once here
         // when the request pool is destroyed.
         drop(unsafe { Box::from_raw(data as *mut RequestCtx) });
@@ -427,11 +427,59 @@ pub fn pump(ready: Ready) {
     let ctx = batch.ctx.as_ptr();
     // SAFETY: take() returned the token, so ctx is live and the request not released
     // (exchange.rs); nothing frees it before finish() below; on the event loop.
-    let code = unsafe { (*ctx).write_batch(batch.logs, batch.events) };
+    let site = unsafe { Site::request((*ctx).r) };
+    // SAFETY: as above.
+    let code = no_unwind(site, "output", None, || unsafe {
+        (*ctx).write_batch(batch.logs, batch.events)
+    });
     if let Some(code) = code {
         // SAFETY: as above; finish is the last use of ctx.
         unsafe { finish(ctx, code) };
     }
+}
+
+/// After a panic on a request's path (lib.rs's guard): takes the request back from its
+/// thread, if it still has it, and finalizes it with 500, or closes its connection if the
+/// header went out. A request released already is left alone: its end is under way.
+///
+/// # Safety
+/// r is live; on the event loop.
+pub unsafe fn fail_after_panic(r: *mut ngx_http_request_t) {
+    // SAFETY: r is live (caller), and no other reference to its ctx is in use: the
+    // panicking callback's were dropped by the unwinding.
+    if let Some(ctx) = unsafe { request_ctx(r) } {
+        if ctx.done {
+            return;
+        }
+        // A parked response still runs to its end (close()), its output dropped.
+        ctx.exchange.mark_gone();
+        // SAFETY: as above.
+        unsafe { ctx.release() };
+    }
+    // SAFETY: r and its connection are live (caller); r may be freed after finalizing.
+    unsafe {
+        let c = (*r).connection;
+        let rc = if (*r).header_sent() != 0 {
+            NGX_ERROR as ngx_int_t
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        };
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// After a panic in a cleanup of a request nginx is ending: takes the request back from
+/// its thread so that nginx can free it.
+///
+/// # Safety
+/// ctx and its request are live; on the event loop.
+pub unsafe fn release_after_panic(ctx: *mut RequestCtx) {
+    // SAFETY: ctx is live (caller), no other reference to it in use (see above).
+    let ctx = unsafe { &mut *ctx };
+    ctx.exchange.mark_gone();
+    // SAFETY: its request is live (caller).
+    unsafe { ctx.release() };
 }
 
 /// The thread is done with the request: give it back to nginx.
@@ -511,7 +559,10 @@ unsafe fn file_buf(
 
 /// Write event while waiting for a slow client.
 extern "C" fn on_write(r: *mut ngx_http_request_t) {
-    crate::no_unwind((), || {
+    // SAFETY: nginx calls this on the event loop for a live request; nothing in it
+    // finalizes the request.
+    let site = unsafe { Site::request(r) };
+    no_unwind(site, "write handler", (), || {
         // SAFETY: nginx calls this on the event loop for a live request whose ctx we
         // installed (we set this handler).
         let Some(ctx) = (unsafe { request_ctx(r) }) else {
@@ -550,7 +601,10 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
 
 /// Read event while the thread owns the request: notices a client that went away.
 extern "C" fn on_read(r: *mut ngx_http_request_t) {
-    crate::no_unwind((), || {
+    // SAFETY: nginx calls this on the event loop for a live request, which stays alive
+    // (blocked) even when test_reading terminates it.
+    let site = unsafe { Site::request(r) };
+    no_unwind(site, "read handler", (), || {
         // SAFETY: nginx calls this on the event loop for a live request; blocked > 0 keeps
         // r alive even when test_reading terminates it, so its ctx is still valid after.
         unsafe {
@@ -566,10 +620,14 @@ extern "C" fn on_read(r: *mut ngx_http_request_t) {
 
 /// Guard timer: notices a broken connection, reports a request stuck in Python.
 extern "C" fn on_guard(ev: *mut ngx_event_t) {
-    crate::no_unwind((), || {
-        // SAFETY: the guard's data is its ctx (lend_to_thread), and release() deletes the
-        // timer before the ctx can be freed; on the event loop.
-        let ctx = unsafe { &mut *((*ev).data as *mut RequestCtx) };
+    // SAFETY: the guard's data is its ctx (lend_to_thread), and release() deletes the
+    // timer before the ctx can be freed, or its request (blocked); on the event loop.
+    let ctx = unsafe { (*ev).data as *mut RequestCtx };
+    // SAFETY: as above.
+    let site = unsafe { Site::request((*ctx).r) };
+    no_unwind(site, "guard timer", (), || {
+        // SAFETY: as above; the only reference to ctx while it is used.
+        let ctx = unsafe { &mut *ctx };
         // SAFETY: ctx.r is live while the thread holds it (blocked).
         if unsafe { (*(*ctx.r).connection).error() } != 0 {
             ctx.exchange.mark_gone();
@@ -584,7 +642,7 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
                 seconds
             );
         }
-        // SAFETY: ev is the guard, live in ctx (as above).
-        unsafe { ngx_add_timer(ev, GUARD_INTERVAL_MS) };
+        // SAFETY: the guard lives in ctx (as above).
+        unsafe { ngx_add_timer(&mut ctx.guard, GUARD_INTERVAL_MS) };
     })
 }

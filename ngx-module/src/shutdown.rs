@@ -14,6 +14,7 @@
 //! left, the worker still waits for the app to return.
 
 use crate::output::RequestCtx;
+use crate::{no_unwind, Site};
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 use pyo3::Python;
@@ -48,9 +49,11 @@ pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: NonNull<RequestCtx>) -> boo
 
 /// Request cleanup: run when nginx terminates the request (and when it frees it).
 extern "C" fn on_terminate(data: *mut c_void) {
-    // SAFETY: data is the request's ctx (see watch), alive while the request's cleanups
-    // run; called on the event loop.
-    crate::no_unwind((), || unsafe {
+    // SAFETY: data is the request's ctx (see watch), alive with its request while the
+    // request's cleanups run; called on the event loop.
+    let site = unsafe { Site::ending(data as *mut RequestCtx) };
+    // SAFETY: as above.
+    no_unwind(site, "request cleanup", (), || unsafe {
         let ctx = &mut *(data as *mut RequestCtx);
         if !ctx.held_by_thread() {
             return; // the thread is done with the request

@@ -173,7 +173,7 @@ pub unsafe fn wake_pool_soon() {
 }
 
 extern "C" fn wake_pool(_ev: *mut ngx_event_t) {
-    crate::no_unwind((), || {
+    crate::no_unwind(crate::Site::PROCESS, "pool wake-up", (), || {
         if let Some(worker) = get() {
             worker.pool.wake();
         }
