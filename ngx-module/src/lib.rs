@@ -14,6 +14,7 @@ mod body;
 mod bridge;
 mod config;
 mod exchange;
+mod fault;
 mod handler;
 mod headers;
 mod output;

@@ -17,6 +17,7 @@
 //! in flight, not one per chunk it ever sent.
 
 use crate::exchange::{cost, LoopSide, Ready};
+use crate::fault::{Fault, Point};
 use crate::headers::set_response_head;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     /// The request was taken back from the thread (release); nothing more from the
     /// exchange reaches it.
     done: bool,
+    /// Test builds only: where the request asked the loop side to panic (fault.rs).
+    fault: Fault,
 }
 
 /// What [`RequestCtx::release`] found.
@@ -89,6 +92,8 @@ impl RequestCtx {
             free: ptr::null_mut(),
             busy: ptr::null_mut(),
             done: false,
+            // SAFETY: r is live (caller).
+            fault: unsafe { Fault::of(r) },
         };
         let ctx = NonNull::from(Box::leak(Box::new(ctx)));
         // SAFETY: cln is a fresh cleanup of r's pool; r->ctx has a slot per module; ctx
@@ -175,6 +180,7 @@ impl RequestCtx {
         logs: Vec<(LogLevel, String)>,
         events: Vec<OutputEvent>,
     ) -> Option<ngx_int_t> {
+        self.fault.at(Point::Pump);
         // SAFETY: r is live (caller), so is its connection.
         let log = unsafe { (*(*self.r).connection).log };
         for (level, message) in logs {
@@ -227,6 +233,9 @@ impl RequestCtx {
                         }
                     }
                     OutputEvent::Data(data) if (*r).header_only() == 0 => {
+                        if (*r).header_sent() != 0 {
+                            self.fault.at(Point::Body);
+                        }
                         let link = self.memory_buf(&data);
                         if link.is_null() {
                             failed = true;
