@@ -39,40 +39,49 @@ unsafe impl Send for NginxBody {}
 impl NginxBody {
     /// Captures `r`'s body; returns it and its length.
     ///
-    /// SAFETY: r is a live request whose body nginx has finished reading (we are in the
-    /// body post-handler, on the event loop thread), and `side` belongs to it.
+    /// # Safety
+    /// r is a live request whose body nginx has finished reading (we are in the body
+    /// post-handler, on the event loop thread), and `side` belongs to it.
     pub unsafe fn capture(
         r: *mut ngx_http_request_t,
         side: ThreadSide,
     ) -> io::Result<(NginxBody, u64)> {
         let mut segments = VecDeque::new();
         let mut total = 0u64;
-        let rb = (*r).request_body;
-        let mut cl = if rb.is_null() {
-            std::ptr::null_mut()
-        } else {
-            (*rb).bufs
+        // SAFETY: r is live (caller); its request_body, if any, lives in its pool.
+        let mut cl = unsafe {
+            let rb = (*r).request_body;
+            if rb.is_null() {
+                std::ptr::null_mut()
+            } else {
+                (*rb).bufs
+            }
         };
         while !cl.is_null() {
-            let b = (*cl).buf;
-            if (*b).in_file() != 0 && !(*b).file.is_null() {
-                let (pos, end) = ((*b).file_pos as u64, (*b).file_last as u64);
+            // SAFETY: cl is a link of the body's chain, which nginx built in r's pool with
+            // a live buffer in each link.
+            let (b, next) = unsafe { (&*(*cl).buf, (*cl).next) };
+            if b.in_file() != 0 && !b.file.is_null() {
+                let (pos, end) = (b.file_pos as u64, b.file_last as u64);
                 if end > pos {
-                    let dup = libc::fcntl((*(*b).file).fd, libc::F_DUPFD_CLOEXEC, 0);
+                    // SAFETY: b.file is nginx's live ngx_file_t of the body's temp file;
+                    // duplicating its descriptor leaves it untouched.
+                    let dup = unsafe { libc::fcntl((*b.file).fd, libc::F_DUPFD_CLOEXEC, 0) };
                     if dup < 0 {
                         return Err(io::Error::last_os_error());
                     }
                     // SAFETY: dup is a fresh descriptor owned by nothing else.
-                    let file = File::from_raw_fd(dup);
+                    let file = unsafe { File::from_raw_fd(dup) };
                     segments.push_back(Segment::File { file, pos, end });
                     total += end - pos;
                 }
-            } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
-                let len = (*b).last.offset_from((*b).pos) as usize;
-                segments.push_back(Segment::Memory((*b).pos, len, 0));
+            } else if !b.pos.is_null() && b.last > b.pos {
+                // SAFETY: pos..last lie in one allocation, the buffer's memory.
+                let len = unsafe { b.last.offset_from(b.pos) } as usize;
+                segments.push_back(Segment::Memory(b.pos, len, 0));
                 total += len as u64;
             }
-            cl = (*cl).next;
+            cl = next;
         }
         let body = NginxBody {
             segments,

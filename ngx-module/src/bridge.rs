@@ -31,14 +31,20 @@ const NGX_READ_EVENT: ngx_int_t = 0x0001 | 0x2000;
 
 /// Creates the eventfd and registers it with this worker's event loop.
 ///
-/// SAFETY: must be called once, on the event-loop thread, from init_process.
+/// # Safety
+/// Called once, on the event-loop thread, from init_process, with nginx's live cycle.
 pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
-    let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+    // SAFETY: eventfd has no memory preconditions; the fd is ours.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
         return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
     }
-    if ngx_add_channel_event(cycle, fd, NGX_READ_EVENT, Some(on_wakeup)) != NGX_OK as ngx_int_t {
-        libc::close(fd);
+    // SAFETY: cycle is live and we are on its event loop (caller); nginx keeps a
+    // connection for fd whose read event calls on_wakeup.
+    let added = unsafe { ngx_add_channel_event(cycle, fd, NGX_READ_EVENT, Some(on_wakeup)) };
+    if added != NGX_OK as ngx_int_t {
+        // SAFETY: fd is ours and nothing else uses it.
+        unsafe { libc::close(fd) };
         return Err("cannot add the completion eventfd to the event loop".into());
     }
     BRIDGE

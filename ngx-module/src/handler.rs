@@ -52,10 +52,14 @@ extern "C" fn body_ready(r: *mut ngx_http_request_t) {
 }
 
 /// Posts the request to the thread pool; Err(status) answers it right away.
+///
+/// # Safety
+/// r is a live request whose body nginx has read; on the event loop.
 unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
-    let c = (*r).connection;
-    let log = (*c).log;
-    let lc = location_conf(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
+    // SAFETY: r is live (caller), so is its connection.
+    let log = unsafe { (*(*r).connection).log };
+    // SAFETY: as above (the reference ends with the statement; the conf is static).
+    let lc = location_conf(unsafe { &*r }).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
     let Some(spec) = lc.app.clone() else {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
@@ -70,13 +74,17 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     // The request's two sides: the loop's goes into its context (output.rs), freed with
     // the request pool; the thread's goes with the job (thread.rs).
     let (thread_side, loop_side) = exchange::pair();
-    let ctx =
-        RequestCtx::install(r, loop_side).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
-    if !crate::shutdown::watch(r, ctx) {
+    // SAFETY: r is live, on the event loop (caller).
+    let ctx = unsafe { RequestCtx::install(r, loop_side) }
+        .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
+    // SAFETY: as above; ctx is r's context.
+    if !unsafe { crate::shutdown::watch(r, ctx) } {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }
 
-    let (body, body_len) = NginxBody::capture(r, thread_side.clone()).map_err(|e| {
+    // SAFETY: r's body is read (caller), and thread_side is its request's.
+    let captured = unsafe { NginxBody::capture(r, thread_side.clone()) };
+    let (body, body_len) = captured.map_err(|e| {
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
@@ -85,7 +93,8 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         );
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
     })?;
-    let request = build_request(r, lc, body_len);
+    // SAFETY: r is live, on the event loop (caller).
+    let request = unsafe { build_request(r, lc, body_len) };
 
     let job = thread::start(spec, worker.traits, request, Box::new(body), thread_side);
     if let Err(_job) = worker.pool.enqueue(job) {
@@ -98,8 +107,11 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         );
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
-    (*ctx.as_ptr()).lend_to_thread();
-    worker::wake_pool_soon();
+    // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on
+    // the event loop.
+    unsafe { (*ctx.as_ptr()).lend_to_thread() };
+    // SAFETY: on the event loop.
+    unsafe { worker::wake_pool_soon() };
     Ok(())
 }
 
@@ -107,22 +119,41 @@ fn bytes(s: &ngx_str_t) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-/// SAFETY: r is live and on the event loop.
+/// # Safety
+/// r is live and on the event loop.
 unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
-    let rr = &*r;
-    let c = rr.connection;
+    // wsgi_param values first: evaluating them may fill r's variable cache.
+    let mut params = Vec::new();
+    for param in lc.params.iter().flatten() {
+        let mut value = ngx_str_t::default();
+        // SAFETY: r is live (caller); param.value was compiled for this location, and
+        // the value it yields lives in r's pool.
+        if unsafe { ngx_http_complex_value(r, param.value, &mut value) } == NGX_OK as ngx_int_t {
+            params.push((
+                Cow::Owned(param.name.clone()),
+                ExtraValue::Str(bytes(&value)),
+            ));
+        }
+    }
+    // SAFETY: r is live (caller), so is its connection.
+    let c = unsafe { (*r).connection };
+    let mut local_port = 0u16;
+    // SAFETY: c is live; this fills c->local_sockaddr if nginx has not yet.
+    if unsafe { ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) } == NGX_OK as ngx_int_t {
+        // SAFETY: c->local_sockaddr was filled just above.
+        local_port = unsafe { ngx_inet_get_port((*c).local_sockaddr) };
+    }
+    // SAFETY: r and c are live, and nothing changes them while these are in use.
+    let (rr, cc) = unsafe { (&*r, &*c) };
     let (script_name, path_info) =
         rwsgi::environ::split_mount(rr.uri.as_bytes(), lc.mount().as_bytes());
     let mut headers = Vec::with_capacity(16);
-    for (name, value) in ngx::http::list_iterator(&rr.headers_in.headers) {
+    // SAFETY: the header list and its strings live with r.
+    for (name, value) in unsafe { ngx::http::list_iterator(&rr.headers_in.headers) } {
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
     let has_body =
         rr.headers_in.content_length_n >= 0 || rr.headers_in.chunked() != 0 || body_len > 0;
-    let mut local_port = 0u16;
-    if ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) == NGX_OK as ngx_int_t {
-        local_port = ngx_inet_get_port((*c).local_sockaddr);
-    }
     let server_name = NgxHttpCoreModule::server_conf(rr)
         .map(|cscf| bytes(&cscf.server_name))
         .filter(|n| !n.is_empty())
@@ -132,7 +163,7 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
     } else {
         "HTTP/0.9".to_string()
     };
-    let https = !(*c).ssl.is_null();
+    let https = !cc.ssl.is_null();
     let mut extra = vec![
         (
             Cow::Borrowed("REQUEST_URI"),
@@ -151,15 +182,9 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
             ExtraValue::Static(SERVER_SOFTWARE),
         ),
     ];
-    for param in lc.params.iter().flatten() {
-        let mut value = ngx_str_t::default();
-        if ngx_http_complex_value(r, param.value, &mut value) == NGX_OK as ngx_int_t {
-            extra.push((
-                Cow::Owned(param.name.clone()),
-                ExtraValue::Str(bytes(&value)),
-            ));
-        }
-    }
+    extra.extend(params);
+    // SAFETY: c->sockaddr is the client's address, set when the connection was accepted.
+    let remote_port = unsafe { ngx_inet_get_port(cc.sockaddr) };
     Request {
         method: String::from_utf8_lossy(rr.method_name.as_bytes()).into_owned(),
         script_name,
@@ -168,8 +193,8 @@ unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64)
         protocol,
         server_name,
         server_port: local_port.to_string(),
-        remote_addr: String::from_utf8_lossy((*c).addr_text.as_bytes()).into_owned(),
-        remote_port: ngx_inet_get_port((*c).sockaddr).to_string(),
+        remote_addr: String::from_utf8_lossy(cc.addr_text.as_bytes()).into_owned(),
+        remote_port: remote_port.to_string(),
         https,
         headers,
         content_length: has_body.then_some(body_len),

@@ -45,6 +45,7 @@ impl HttpModule for Module {
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = MainConf;
 }
+// SAFETY: as above.
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
@@ -77,13 +78,13 @@ pub static mut ngx_http_rwsgi_module: ngx_module_t = ngx_module_t {
 /// Runs in each worker after fork: Python starts here, never in the master.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     no_unwind(Site::PROCESS, "init_process", (), || {
-        // SAFETY: nginx calls init_process once per worker, on its event-loop thread.
-        unsafe {
-            if let Some(mc) = Module::main_conf(&*cycle) {
-                if !mc.apps.is_empty() {
-                    worker::start(cycle, mc);
-                }
-            }
+        // SAFETY: nginx passes its live cycle, whose conf holds our MainConf.
+        let Some(mc) = Module::main_conf(unsafe { &*cycle }) else {
+            return;
+        };
+        if !mc.apps.is_empty() {
+            // SAFETY: nginx calls init_process once per worker, on its event-loop thread.
+            unsafe { worker::start(cycle, mc) };
         }
     });
     // Never fail the worker: nginx would respawn it in a loop; WSGI requests get a 500

@@ -21,7 +21,7 @@ use crate::fault::{Fault, Point};
 use crate::headers::set_response_head;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
-use ngx::http::HttpModule;
+use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 use rwsgi::{LogLevel, OutputEvent};
 use std::ffi::c_void;
@@ -95,14 +95,21 @@ impl RequestCtx {
             // SAFETY: r is live (caller).
             fault: unsafe { Fault::of(r) },
         };
+        // Every pointer to the context handed out (r->ctx, the cleanup, the guard timer,
+        // the exchange's token) is this one.
         let ctx = NonNull::from(Box::leak(Box::new(ctx)));
+        let data = ctx.as_ptr() as *mut c_void;
         // SAFETY: cln is a fresh cleanup of r's pool; r->ctx has a slot per module; ctx
         // stays where it is (leaked box) until free_ctx, which drops its LoopSide and so
         // clears the token bind registers.
         unsafe {
             (*cln).handler = Some(free_ctx);
-            (*cln).data = ctx.as_ptr() as *mut c_void;
-            *(*r).ctx.add(Module::module().ctx_index) = ctx.as_ptr() as *mut c_void;
+            (*cln).data = data;
+            *(*r).ctx.add(Module::module().ctx_index) = data;
+            let guard = &mut (*ctx.as_ptr()).guard;
+            guard.handler = Some(on_guard);
+            guard.data = data;
+            guard.log = (*(*r).connection).log;
             ctx.as_ref().exchange.bind(ctx);
         }
         Some(ctx)
@@ -123,15 +130,10 @@ impl RequestCtx {
             (*r).read_event_handler = Some(on_read);
         }
         self.blocked = true;
-        let data = self as *mut RequestCtx as *mut c_void;
-        let guard = &mut self.guard;
-        guard.handler = Some(on_guard);
-        guard.data = data;
-        // SAFETY: r and its connection are live.
-        guard.log = unsafe { (*(*r).connection).log };
-        // SAFETY: the guard lives in ctx, and release() deletes the timer before ctx can
-        // be freed (ctx is freed with the request, which `blocked` keeps until then).
-        unsafe { ngx_add_timer(guard, GUARD_INTERVAL_MS) };
+        // SAFETY: the guard (set up by install) lives in ctx, and release() deletes the
+        // timer before ctx can be freed (ctx is freed with the request, which `blocked`
+        // keeps until then).
+        unsafe { ngx_add_timer(&mut self.guard, GUARD_INTERVAL_MS) };
     }
 
     pub fn r(&self) -> *mut ngx_http_request_t {
@@ -204,120 +206,99 @@ impl RequestCtx {
     /// # Safety
     /// self.r is live and the request not released; on the event loop.
     unsafe fn write_events(&mut self, events: Vec<OutputEvent>) -> Option<ngx_int_t> {
-        let r = self.r;
-        // SAFETY: r and its connection are live (caller); all of this is on the event loop
-        // with request-pool buffers that live as long as r.
-        unsafe {
-            let c = (*r).connection;
-            let mut chain: *mut ngx_chain_t = ptr::null_mut();
-            let mut tail: *mut *mut ngx_chain_t = &mut chain;
-            let mut last_buf: *mut ngx_buf_t = ptr::null_mut();
-            let mut bytes = 0usize;
-            let mut final_event = None;
-            let mut dropped = 0usize;
-            let mut failed = (*c).error() != 0;
+        // SAFETY: r is live for this call, on the event loop (caller).
+        let r = unsafe { LiveRequest::new(self.r) };
+        let mut chain = Chain::default();
+        let mut bytes = 0usize;
+        let mut final_event = None;
+        let mut dropped = 0usize;
+        let mut failed = r.connection_error();
 
-            for event in events {
-                if failed && !event.is_final() {
-                    continue;
+        for event in events {
+            if failed && !event.is_final() {
+                continue;
+            }
+            match event {
+                OutputEvent::Head(head) => failed = !r.send_header(&head),
+                OutputEvent::Data(data) if !r.header_only() => {
+                    if r.header_sent() {
+                        self.fault.at(Point::Body);
+                    }
+                    // SAFETY: r is live, on the event loop (above).
+                    let link = unsafe { self.memory_buf(&data) };
+                    if link.is_null() {
+                        failed = true;
+                        continue;
+                    }
+                    bytes += cost(data.len());
+                    // The chunk's bytes do not move with it: the buffer stays valid.
+                    self.holding.push(OutputEvent::Data(data));
+                    // SAFETY: a fresh link of r's pool, with its buffer, next null.
+                    unsafe { chain.push(link) };
                 }
-                match event {
-                    OutputEvent::Head(head) => {
-                        if set_response_head(r, &head).is_err() {
-                            failed = true;
-                            continue;
-                        }
-                        let rc = ngx_http_send_header(r);
-                        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
-                            failed = true;
-                        }
+                OutputEvent::File { file, offset, len } if !r.header_only() => {
+                    // SAFETY: r is live (above); the file stays open in self.holding while
+                    // nginx may send from it.
+                    let link = unsafe { file_link(self.r, &file, offset, len) };
+                    if link.is_null() {
+                        failed = true;
+                        continue;
                     }
-                    OutputEvent::Data(data) if (*r).header_only() == 0 => {
-                        if (*r).header_sent() != 0 {
-                            self.fault.at(Point::Body);
-                        }
-                        let link = self.memory_buf(&data);
-                        if link.is_null() {
-                            failed = true;
-                            continue;
-                        }
-                        bytes += cost(data.len());
-                        self.holding.push(OutputEvent::Data(data));
-                        last_buf = (*link).buf;
-                        push(&mut tail, link);
-                    }
-                    OutputEvent::File { file, offset, len } if (*r).header_only() == 0 => {
-                        let b = file_buf(r, &file, offset, len);
-                        if b.is_null() {
-                            failed = true;
-                            continue;
-                        }
-                        let link = ngx_alloc_chain_link((*r).pool);
-                        if link.is_null() {
-                            failed = true;
-                            continue;
-                        }
-                        self.holding.push(OutputEvent::File { file, offset, len });
-                        (*link).buf = b;
-                        (*link).next = ptr::null_mut();
-                        push(&mut tail, link);
-                        last_buf = b;
-                    }
-                    // HEAD: no body goes out, but the thread counted these bytes as unsent.
-                    OutputEvent::Data(data) => dropped += cost(data.len()),
-                    OutputEvent::File { .. } => {}
-                    final_ @ (OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)) => {
-                        final_event = Some(final_);
-                        break;
-                    }
+                    self.holding.push(OutputEvent::File { file, offset, len });
+                    // SAFETY: as for body parts.
+                    unsafe { chain.push(link) };
+                }
+                // HEAD: no body goes out, but the thread counted these bytes as unsent.
+                OutputEvent::Data(data) => dropped += cost(data.len()),
+                OutputEvent::File { .. } => {}
+                final_ @ (OutputEvent::End | OutputEvent::Abort | OutputEvent::Fail(_)) => {
+                    final_event = Some(final_);
+                    break;
                 }
             }
-
-            if failed {
-                self.exchange.mark_gone();
-            }
-            if dropped > 0 {
-                self.exchange.acknowledge(dropped);
-            }
-            let mut rc = NGX_OK as ngx_int_t;
-            let ends = matches!(final_event, Some(OutputEvent::End));
-            if !failed && (!chain.is_null() || ends) {
-                let last = ends && (*r).header_only() == 0;
-                if last && last_buf.is_null() {
-                    rc = ngx_http_send_special(r, NGX_HTTP_LAST as ngx_uint_t);
-                } else if !chain.is_null() {
-                    if last {
-                        (*last_buf).set_last_buf(if r == (*r).main { 1 } else { 0 });
-                        (*last_buf).set_last_in_chain(1);
-                    } else {
-                        (*last_buf).set_flush(1);
-                    }
-                    self.holding_bytes += bytes;
-                    rc = ngx_http_output_filter(r, chain);
-                    self.recycle(chain);
-                }
-                if rc == NGX_ERROR as ngx_int_t {
-                    failed = true;
-                    self.exchange.mark_gone();
-                } else if final_event.is_none() {
-                    if (*c).buffered() != 0 || (*r).buffered() != 0 || rc == NGX_AGAIN as ngx_int_t
-                    {
-                        self.wait_for_drain();
-                    } else {
-                        self.release_holding();
-                    }
-                }
-            }
-
-            final_event.map(|event| match event {
-                OutputEvent::End if failed => NGX_ERROR as ngx_int_t,
-                OutputEvent::End => rc,
-                OutputEvent::Fail(status) if !failed && (*r).header_sent() == 0 => {
-                    status as ngx_int_t
-                }
-                _ => NGX_ERROR as ngx_int_t,
-            })
         }
+
+        if failed {
+            self.exchange.mark_gone();
+        }
+        if dropped > 0 {
+            self.exchange.acknowledge(dropped);
+        }
+        let mut rc = NGX_OK as ngx_int_t;
+        let ends = matches!(final_event, Some(OutputEvent::End));
+        if !failed && (!chain.is_empty() || ends) {
+            let last = ends && !r.header_only();
+            if last && chain.is_empty() {
+                rc = r.send_last();
+            } else if !chain.is_empty() {
+                // SAFETY: the chain's links and buffers are ours, in r's pool.
+                unsafe { chain.mark_end(last, r.is_main()) };
+                self.holding_bytes += bytes;
+                // SAFETY: r is live (above); the buffers' memory stays in self.holding until
+                // nginx has sent it.
+                rc = unsafe { ngx_http_output_filter(self.r, chain.head) };
+                // SAFETY: chain.head is what was just passed to the filters.
+                unsafe { self.recycle(chain.head) };
+            }
+            if rc == NGX_ERROR as ngx_int_t {
+                failed = true;
+                self.exchange.mark_gone();
+            } else if final_event.is_none() {
+                if r.buffered() || rc == NGX_AGAIN as ngx_int_t {
+                    // SAFETY: r is live, on the event loop (above).
+                    unsafe { self.wait_for_drain() };
+                } else {
+                    self.release_holding();
+                }
+            }
+        }
+
+        final_event.map(|event| match event {
+            OutputEvent::End if failed => NGX_ERROR as ngx_int_t,
+            OutputEvent::End => rc,
+            OutputEvent::Fail(status) if !failed && !r.header_sent() => status as ngx_int_t,
+            _ => NGX_ERROR as ngx_int_t,
+        })
     }
 
     /// A chain link (next = null) with a buffer pointing at `data` (no copy), reused from
@@ -375,21 +356,19 @@ impl RequestCtx {
     /// self.r is live; on the event loop.
     unsafe fn wait_for_drain(&mut self) {
         let r = self.r;
-        // SAFETY: r, its connection and write event are live (caller).
-        unsafe {
+        // SAFETY: r is live (caller), so is its core location conf.
+        let clcf = NgxHttpCoreModule::location_conf(unsafe { &*r }).expect("core loc conf");
+        // SAFETY: r, its connection and write event are live (caller); on the event loop.
+        let handled = unsafe {
             let wev = (*(*r).connection).write;
             (*r).write_event_handler = Some(on_write);
-            let clcf =
-                <ngx::http::NgxHttpCoreModule as ngx::http::HttpModuleLocationConf>::location_conf(
-                    &*r,
-                )
-                .expect("core loc conf");
             if (*wev).ready() == 0 && (*wev).delayed() == 0 {
                 ngx_add_timer(wev, clcf.send_timeout);
             }
-            if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
-                self.exchange.mark_gone();
-            }
+            ngx_handle_write_event(wev, clcf.send_lowat)
+        };
+        if handled != NGX_OK as ngx_int_t {
+            self.exchange.mark_gone();
         }
     }
 
@@ -515,15 +494,114 @@ unsafe fn finish(ctx: *mut RequestCtx, rc: ngx_int_t) {
     }
 }
 
-/// Puts `link` (whose next is null) at the end of the chain being built.
-///
-/// # Safety
-/// *tail points at the chain's last `next` field (or its head); link is a valid link.
-unsafe fn push(tail: &mut *mut *mut ngx_chain_t, link: *mut ngx_chain_t) {
-    // SAFETY: see the function's contract.
-    unsafe {
-        **tail = link;
-        *tail = &mut (*link).next;
+/// A request known to be live, on the event loop, for as long as this handle is used:
+/// reading its flags and handing it to nginx needs no further proof at each use.
+#[derive(Clone, Copy)]
+struct LiveRequest(*mut ngx_http_request_t);
+
+impl LiveRequest {
+    /// # Safety
+    /// r (with its connection) stays live while the handle is used, only on the event
+    /// loop, and no reference to it is held meanwhile.
+    unsafe fn new(r: *mut ngx_http_request_t) -> Self {
+        LiveRequest(r)
+    }
+
+    fn connection_error(self) -> bool {
+        // SAFETY: r and its connection are live (new's contract).
+        unsafe { (*(*self.0).connection).error() != 0 }
+    }
+
+    fn header_only(self) -> bool {
+        // SAFETY: r is live (new's contract).
+        unsafe { (*self.0).header_only() != 0 }
+    }
+
+    fn header_sent(self) -> bool {
+        // SAFETY: r is live (new's contract).
+        unsafe { (*self.0).header_sent() != 0 }
+    }
+
+    fn is_main(self) -> bool {
+        // SAFETY: r is live (new's contract).
+        unsafe { self.0 == (*self.0).main }
+    }
+
+    /// nginx still holds output of the request (in its filters or the connection).
+    fn buffered(self) -> bool {
+        // SAFETY: r and its connection are live (new's contract).
+        unsafe { (*(*self.0).connection).buffered() != 0 || (*self.0).buffered() != 0 }
+    }
+
+    /// Sets the response head and sends it through the header filters; false if either
+    /// failed.
+    fn send_header(self, head: &rwsgi::ResponseHead) -> bool {
+        // SAFETY: r is live, on the event loop (new's contract), and the engine sends one
+        // head per response, before any body.
+        unsafe {
+            if set_response_head(self.0, head).is_err() {
+                return false;
+            }
+            let rc = ngx_http_send_header(self.0);
+            rc != NGX_ERROR as ngx_int_t && rc <= NGX_OK as ngx_int_t
+        }
+    }
+
+    /// Ends the body when its last buffer has gone out already.
+    fn send_last(self) -> ngx_int_t {
+        // SAFETY: r is live, on the event loop (new's contract).
+        unsafe { ngx_http_send_special(self.0, NGX_HTTP_LAST as ngx_uint_t) }
+    }
+}
+
+/// Links being chained for one pass through the output filters.
+struct Chain {
+    head: *mut ngx_chain_t,
+    last: *mut ngx_chain_t,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            head: ptr::null_mut(),
+            last: ptr::null_mut(),
+        }
+    }
+}
+
+impl Chain {
+    fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// # Safety
+    /// link is a valid link with a buffer, next null, that lives as long as the chain.
+    unsafe fn push(&mut self, link: *mut ngx_chain_t) {
+        if self.last.is_null() {
+            self.head = link;
+        } else {
+            // SAFETY: last is the chain's valid last link (pushed before).
+            unsafe { (*self.last).next = link };
+        }
+        self.last = link;
+    }
+
+    /// Flags the last buffer: the end of the response (`last`; last_buf only on the main
+    /// request) or a flush.
+    ///
+    /// # Safety
+    /// The chain is not empty and its links are valid.
+    unsafe fn mark_end(&self, last: bool, main: bool) {
+        // SAFETY: last is a valid link with a buffer (push's contract).
+        unsafe {
+            let b = (*self.last).buf;
+            if last {
+                (*b).set_last_buf(if main { 1 } else { 0 });
+                (*b).set_last_in_chain(1);
+            } else {
+                (*b).set_flush(1);
+            }
+        }
     }
 }
 
@@ -532,24 +610,26 @@ fn buf_tag() -> ngx_buf_tag_t {
     Module::module() as *const ngx_module_t as ngx_buf_tag_t
 }
 
-/// A buffer for a byte range of an open file (sent with sendfile when enabled). Null if
-/// the pool is out of memory.
+/// A chain link (next = null) with a buffer for a byte range of an open file (sent with
+/// sendfile when enabled). Null if the pool is out of memory.
 ///
 /// # Safety
-/// r is live; `file` outlives the buffer (kept in RequestCtx::holding).
-unsafe fn file_buf(
+/// r is live; `file` stays open while nginx may send from the buffer.
+unsafe fn file_link(
     r: *mut ngx_http_request_t,
     file: &std::fs::File,
     offset: u64,
     len: u64,
-) -> *mut ngx_buf_t {
+) -> *mut ngx_chain_t {
     use std::os::fd::AsRawFd;
-    // SAFETY: r and its pool are live (caller); both structs are zeroed pool memory.
+    // SAFETY: r and its pool are live (caller); the structs are zeroed pool memory we
+    // fill as nginx's own file buffers are.
     unsafe {
         let pool = (*r).pool;
         let b = ngx_pcalloc(pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
         let f = ngx_pcalloc(pool, std::mem::size_of::<ngx_file_t>()) as *mut ngx_file_t;
-        if b.is_null() || f.is_null() {
+        let link = ngx_alloc_chain_link(pool);
+        if b.is_null() || f.is_null() || link.is_null() {
             return ptr::null_mut();
         }
         (*f).fd = file.as_raw_fd();
@@ -562,7 +642,9 @@ unsafe fn file_buf(
         (*b).file_pos = offset as off_t;
         (*b).file_last = (offset + len) as off_t;
         (*b).set_in_file(1);
-        b
+        (*link).buf = b;
+        (*link).next = ptr::null_mut();
+        link
     }
 }
 
@@ -572,33 +654,41 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
     // finalizes the request.
     let site = unsafe { Site::request(r) };
     no_unwind(site, "write handler", (), || {
-        // SAFETY: nginx calls this on the event loop for a live request whose ctx we
-        // installed (we set this handler).
+        // SAFETY: as above; we installed this handler with the request's ctx.
         let Some(ctx) = (unsafe { request_ctx(r) }) else {
             return;
         };
         // SAFETY: r, its connection and write event are live (as above).
-        unsafe {
-            let c = (*r).connection;
-            let wev = (*c).write;
-            if (*wev).timedout() != 0 {
+        let (c, wev) = unsafe { ((*r).connection, (*(*r).connection).write) };
+        // SAFETY: as above.
+        if unsafe { (*wev).timedout() } != 0 {
+            // SAFETY: as above.
+            unsafe {
                 ngx_log_error!(NGX_LOG_INFO, (*c).log, "wsgi: client timed out");
                 (*c).set_timedout(1);
                 (*r).write_event_handler = Some(ngx_http_request_empty_handler);
-                ctx.exchange.mark_gone();
-                return;
             }
-            let rc = ngx_http_output_filter(r, ptr::null_mut());
-            ctx.recycle(ptr::null_mut());
-            if rc == NGX_ERROR as ngx_int_t {
-                (*r).write_event_handler = Some(ngx_http_request_empty_handler);
-                ctx.exchange.mark_gone();
-                return;
-            }
-            if (*c).buffered() != 0 || (*r).buffered() != 0 {
-                ctx.wait_for_drain();
-                return;
-            }
+            ctx.exchange.mark_gone();
+            return;
+        }
+        // SAFETY: as above: sends what nginx holds of the request's output.
+        let rc = unsafe { ngx_http_output_filter(r, ptr::null_mut()) };
+        // SAFETY: r is live; null: nothing new passed to the filters.
+        unsafe { ctx.recycle(ptr::null_mut()) };
+        if rc == NGX_ERROR as ngx_int_t {
+            // SAFETY: as above.
+            unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
+            ctx.exchange.mark_gone();
+            return;
+        }
+        // SAFETY: as above.
+        if unsafe { LiveRequest::new(r) }.buffered() {
+            // SAFETY: as above.
+            unsafe { ctx.wait_for_drain() };
+            return;
+        }
+        // SAFETY: as above.
+        unsafe {
             if (*wev).timer_set() != 0 {
                 ngx_del_timer(wev);
             }
