@@ -9,6 +9,12 @@
 //! - Python thread: thread.rs (the job and the engine's sink), body.rs (request body);
 //! - between them: exchange.rs (the shared state), bridge.rs (thread-to-loop wake-up);
 //! - process: config.rs (directives), worker.rs (per-worker start-up).
+//!
+//! Every nginx callback runs behind one panic guard ([`no_unwind`]), and every unsafe
+//! block says, in its `SAFETY:` comment, which invariant makes it sound.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod body;
 mod bridge;
