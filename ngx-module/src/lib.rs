@@ -8,7 +8,9 @@
 //!   for requests still in Python);
 //! - Python thread: thread.rs (the job and the engine's sink), body.rs (request body);
 //! - between them: exchange.rs (the shared state), bridge.rs (thread-to-loop wake-up);
-//! - process: config.rs (directives), worker.rs (per-worker start-up).
+//! - process: config.rs (directives), worker.rs (per-worker start-up);
+//! - tests only: fault.rs (panics injected on the loop side, cargo feature
+//!   `fault-injection`).
 //!
 //! Every nginx callback runs behind one panic guard ([`no_unwind`]), and every unsafe
 //! block says, in its `SAFETY:` comment, which invariant makes it sound.
