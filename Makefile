@@ -7,6 +7,10 @@ NGINX_SRC := $(CURDIR)/target/nginx-src
 export PYO3_PYTHON := $(PYTHON_SYS)
 export NGINX_BUILD_DIR := $(NGINX_SRC)/objs
 MODULES := $(CURDIR)/target/modules
+# The nginx module built with its test-only fault-injection feature, in a target dir of
+# its own so that it never replaces the real module.
+FAULT_TARGET := $(CURDIR)/target/fault-injection
+FAULT_MODULES := $(CURDIR)/target/modules-fault
 VENV := $(CURDIR)/target/venv
 SERVER ?= nginx
 
@@ -14,7 +18,7 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build demo test test-rust test-servers bench soak lint clean
+.PHONY: deps build fault-module demo test test-rust test-servers bench soak lint clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -42,13 +46,21 @@ build: deps $(NGINX_SRC)/objs/Makefile
 	mv -f $(MODULES)/mod_rwsgi.so.new $(MODULES)/mod_rwsgi.so
 	@chmod o+rx $(CURDIR) $(CURDIR)/target $(MODULES)
 
+# tests/test_faults.py: panics injected on the loop side (ngx-module/src/fault.rs).
+fault-module: deps $(NGINX_SRC)/objs/Makefile
+	cargo build --release -p ngx_http_rwsgi_module --features fault-injection --target-dir $(FAULT_TARGET)
+	mkdir -p $(FAULT_MODULES)
+	install -m 0755 $(FAULT_TARGET)/release/libngx_http_rwsgi_module.so $(FAULT_MODULES)/ngx_http_rwsgi_module.so.new
+	mv -f $(FAULT_MODULES)/ngx_http_rwsgi_module.so.new $(FAULT_MODULES)/ngx_http_rwsgi_module.so
+	@chmod o+rx $(FAULT_MODULES)
+
 demo: build
 	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
 
 test-rust: deps $(NGINX_SRC)/objs/Makefile
 	cargo test --release --workspace
 
-test-servers: build
+test-servers: build fault-module
 	$(VENV)/bin/pytest -q tests
 	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side'
 
@@ -57,6 +69,7 @@ test: build test-rust test-servers
 lint: $(NGINX_SRC)/objs/Makefile
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release -p ngx_http_rwsgi_module --features fault-injection -- -D warnings
 
 bench: build
 	$(PYTHON_SYS) bench/run.py
