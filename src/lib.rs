@@ -4,8 +4,6 @@
 //! Nothing here knows nginx or Apache, and nothing exported shows a Python type: the
 //! server modules do not depend on pyo3.
 
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-
 mod app;
 mod call;
 mod chunk;

@@ -3,11 +3,8 @@
 //!
 //! httpd loads `rwsgi_module` ([`module`]); directives fill [`config`]; the translate hook
 //! ([`mapping`]) maps URLs to scripts; the content handler ([`handler`]) copies the request
-//! ([`request`]) and runs it through `rwsgi::run_request` with a body reader ([`body`]) and
+//! ([`request`]) and runs it through `rwsgi::Runtime::run` with a body reader ([`body`]) and
 //! a response sink ([`sink`]) over httpd's filter chains.
-
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod apr;
 mod bindings;

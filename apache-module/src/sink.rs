@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// - `send` and `offer` (and [`crate::body::ApacheBody`]'s `read`) are only called with
 ///   the GIL released: they wait for the Live lock and for the client.
 /// - `offer` never reports [`Flow::Full`]: it waits in `send` like the engine's default,
-///   so `rwsgi::run_request` never hands back a parked response on this server (the
+///   so `Runtime::run` never hands back a parked response on this server (the
 ///   request owns its httpd thread anyway).
 pub struct ApacheSink {
     live: Arc<Live>,
