@@ -15,7 +15,7 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	libapache2-mod-wsgi-py3 wrk openssl
 
 .PHONY: deps build demo test test-rust test-servers bench soak lint clean \
-	install uninstall install-nginx-files install-apache-files
+	install uninstall install-nginx-files install-apache-files deb
 
 # make install / make deb lay the modules out as Debian's own module packages do
 # (libnginx-mod-http-*, libapache2-mod-*). The config files point at $(PREFIX); nginx and
@@ -28,6 +28,7 @@ NGX_AVAILDIR = $(PREFIX)/share/nginx/modules-available
 NGX_ENABLEDDIR = $(SYSCONFDIR)/nginx/modules-enabled
 APACHE_MODDIR = $(PREFIX)/lib/apache2/modules
 APACHE_CONFDIR = $(SYSCONFDIR)/apache2
+DEB_DIR ?= $(CURDIR)/target/deb
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -132,3 +133,7 @@ uninstall:
 	@for d in $(DESTDIR)$(NGX_AVAILDIR) $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(PREFIX)/lib/nginx; do \
 		if [ -d $$d ]; then rmdir --ignore-fail-on-non-empty $$d; fi; \
 	done
+
+# libnginx-mod-http-rwsgi and libapache2-mod-rwsgi in $(DEB_DIR) (packaging/mkdeb.sh).
+deb: build
+	MAKE="$(MAKE)" packaging/mkdeb.sh $(DEB_DIR)
