@@ -18,7 +18,21 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build fault-module demo test test-rust test-servers bench soak lint clean
+.PHONY: deps build fault-module demo test test-rust test-servers bench soak lint clean \
+	install uninstall install-nginx-files install-apache-files deb
+
+# make install / make deb lay the modules out as Debian's own module packages do
+# (libnginx-mod-http-*, libapache2-mod-*). The config files point at $(PREFIX); nginx and
+# Apache read them from $(SYSCONFDIR) whatever the prefix.
+PREFIX ?= /usr
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+NGX_MODDIR = $(PREFIX)/lib/nginx/modules
+NGX_AVAILDIR = $(PREFIX)/share/nginx/modules-available
+NGX_ENABLEDDIR = $(SYSCONFDIR)/nginx/modules-enabled
+APACHE_MODDIR = $(PREFIX)/lib/apache2/modules
+APACHE_CONFDIR = $(SYSCONFDIR)/apache2
+DEB_DIR ?= $(CURDIR)/target/deb
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -80,3 +94,59 @@ soak: build
 
 clean:
 	cargo clean
+
+# make install does not build (the build step installs packages and disables the system's
+# nginx and apache2 services, which an install must not do): `make build` first.
+$(MODULES)/%.so:
+	@echo "$@ is missing: run 'make build' first" >&2; exit 1
+
+# Files that a Debian package owns must be changed by apt, not by make.
+define not_packaged
+	@if [ -z "$(DESTDIR)" ]; then for f in $(1); do \
+		pkg=$$(dpkg-query -S "$$f" 2>/dev/null | cut -d: -f1); \
+		if [ -n "$$pkg" ]; then echo "$$f belongs to the package $$pkg: use 'apt purge $$pkg' first" >&2; exit 1; fi; \
+	done; fi
+endef
+
+install-nginx-files: $(MODULES)/ngx_http_rwsgi_module.so
+	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so)
+	install -d -m 0755 $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(NGX_AVAILDIR)
+	install -m 0644 $< $(DESTDIR)$(NGX_MODDIR)/ngx_http_rwsgi_module.so
+	sed 's|@NGX_MODDIR@|$(NGX_MODDIR)|' packaging/mod-http-rwsgi.conf.in > $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf
+	chmod 0644 $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf
+
+install-apache-files: $(MODULES)/mod_rwsgi.so
+	$(call not_packaged,$(APACHE_MODDIR)/mod_rwsgi.so)
+	install -d -m 0755 $(DESTDIR)$(APACHE_MODDIR) $(DESTDIR)$(APACHE_CONFDIR)/mods-available
+	install -m 0644 $< $(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so
+	sed 's|@APACHE_MODDIR@|$(APACHE_MODDIR)|' packaging/rwsgi.load.in > $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load
+	install -m 0644 packaging/rwsgi.conf $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.conf
+	chmod 0644 $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load
+
+# nginx: enabled by the modules-enabled link (as a libnginx-mod-* package does on install).
+# Apache: `a2enmod rwsgi`, which refuses while mod_wsgi is enabled (Conflicts: in rwsgi.load).
+install: install-nginx-files install-apache-files
+	install -d -m 0755 $(DESTDIR)$(NGX_ENABLEDDIR)
+	ln -sfn $(NGX_AVAILDIR)/mod-http-rwsgi.conf $(DESTDIR)$(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf
+	@echo "nginx: module enabled ($(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf); 'nginx -s reload' or 'systemctl reload nginx' loads it"
+	@echo "apache: 'a2enmod rwsgi' (after 'a2dismod wsgi' if mod_wsgi is enabled), then 'systemctl restart apache2'"
+
+uninstall:
+	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(APACHE_MODDIR)/mod_rwsgi.so)
+	rm -f $(DESTDIR)$(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf \
+		$(DESTDIR)$(NGX_MODDIR)/ngx_http_rwsgi_module.so
+	@# on the system: a2dismod also forgets a2enmod's record of the module
+	if [ -z "$(DESTDIR)" ] && [ -x /usr/sbin/a2dismod ] && [ -e $(APACHE_CONFDIR)/mods-available/rwsgi.load ]; then \
+		APACHE_CONFDIR=$(APACHE_CONFDIR) a2dismod -q -f -p rwsgi; fi
+	for f in rwsgi.load rwsgi.conf; do \
+		if [ -L $(DESTDIR)$(APACHE_CONFDIR)/mods-enabled/$$f ]; then rm -f $(DESTDIR)$(APACHE_CONFDIR)/mods-enabled/$$f; fi; \
+	done
+	rm -f $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.conf \
+		$(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so
+	@for d in $(DESTDIR)$(NGX_AVAILDIR) $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(PREFIX)/lib/nginx; do \
+		if [ -d $$d ]; then rmdir --ignore-fail-on-non-empty $$d; fi; \
+	done
+
+# libnginx-mod-http-rwsgi and libapache2-mod-rwsgi in $(DEB_DIR) (packaging/mkdeb.sh).
+deb: build
+	MAKE="$(MAKE)" packaging/mkdeb.sh $(DEB_DIR)
