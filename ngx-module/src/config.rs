@@ -9,12 +9,17 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
+use rwsgi::pool::Threads;
 use rwsgi::AppSpec;
 use std::ffi::{c_char, c_void};
 use std::ptr;
 use std::sync::Arc;
 
+/// Without `wsgi_threads`: this many threads always, and more, up to DEFAULT_MAX_THREADS,
+/// while requests wait on I/O (a view waiting 10 ms on a database needs a thread per
+/// request in flight; 16 fixed threads capped such an app at 1,600 req/s per worker).
 const DEFAULT_THREADS: usize = 16;
+const DEFAULT_MAX_THREADS: usize = 256;
 const DEFAULT_MAX_QUEUE: usize = 1024;
 
 /// http-level settings: one interpreter and one thread pool per worker process.
@@ -50,9 +55,16 @@ pub struct LocConf {
 }
 
 impl MainConf {
-    /// Python threads per worker: `wsgi_threads`, or the default.
-    pub fn threads(&self) -> usize {
-        self.threads.unwrap_or(DEFAULT_THREADS)
+    /// Python threads per worker: exactly `wsgi_threads`, or by default from
+    /// DEFAULT_THREADS growing to DEFAULT_MAX_THREADS.
+    pub fn threads(&self) -> Threads {
+        match self.threads {
+            Some(n) => Threads::fixed(n),
+            None => Threads {
+                min: DEFAULT_THREADS,
+                max: DEFAULT_MAX_THREADS,
+            },
+        }
     }
 
     /// Requests that may wait for a thread before nginx answers 503.

@@ -34,7 +34,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let home = mc.python_home.as_deref().map(std::path::Path::new);
     let (threads, max_queue) = (mc.threads(), mc.max_queue());
     let traits = ServerTraits {
-        multithread: threads > 1,
+        multithread: threads.max > 1,
         // SAFETY: cycle is live (caller).
         multiprocess: unsafe { ngx_ccf_worker_processes(cycle) } > 1,
     };
@@ -84,7 +84,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let _ = WORKER.set(Worker {
         runtime,
         pool,
-        threads,
+        threads: threads.max,
         max_queue,
     });
 }
