@@ -18,8 +18,8 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build fault-module demo test test-rust test-servers bench soak lint clean \
-	install uninstall install-nginx-files install-apache-files deb
+.PHONY: deps build fault-module demo test test-rust test-servers test-frameworks bench soak \
+	lint clean install uninstall install-nginx-files install-apache-files deb
 
 # make install / make deb lay the modules out as Debian's own module packages do
 # (libnginx-mod-http-*, libapache2-mod-*). The config files point at $(PREFIX); nginx and
@@ -74,9 +74,16 @@ demo: build
 test-rust: deps $(NGINX_SRC)/objs/Makefile
 	cargo test --release --workspace
 
+# The framework tests (tests/test_frameworks.py) pip-install examples/requirements-frameworks.txt
+# into a venv cached under target/framework-venvs/ (PyPI on the first run, seconds after).
+# The validated pass leaves them out: they mount their projects by absolute path, which it
+# never wraps.
 test-servers: build fault-module
 	$(VENV)/bin/pytest -q tests
-	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side'
+	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side and not frameworks'
+
+test-frameworks: build
+	$(VENV)/bin/pytest -q tests/test_frameworks.py
 
 test: build test-rust test-servers
 

@@ -210,6 +210,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "packages: make install and the Debian packages, "
                                        "installed into the system and purged (runs once, "
                                        "not per server kind)")
+    config.addinivalue_line("markers", "frameworks: the examples/ Django, Flask and Pyramid "
+                                       "projects in a venv (test_frameworks.py), left out of "
+                                       "the validated pass")
     config.addinivalue_line("markers", "only(kind): the case exists for one server only "
                                        "(a directive or behaviour the other does not have)")
 

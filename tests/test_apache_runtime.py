@@ -23,6 +23,7 @@ import pytest
 from harness.apache import MODDIR, ApacheServer
 from harness.common import HOST, pid_alive, wait_until
 from harness.http import Conn, build_request, encode_chunked, get, request
+from harness.wheel import build_wheel
 
 # Left out of the validated pass (RWSGI_VALIDATE=1 in `make test`):
 # Apache runtime features: hand-written configs, not harness mounts.
@@ -76,13 +77,17 @@ def test_python_home_venv_with_pip_installed_package(apache):
     s = apache()
     venv = s.run / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-    write(s.run / "localpkg" / "setup.py",
-          'from setuptools import setup\n'
-          'setup(name="rwsgi-localpkg", version="1.0", packages=["rwsgi_localpkg"])\n')
-    write(s.run / "localpkg" / "rwsgi_localpkg" / "__init__.py", 'MESSAGE = "installed by pip"\n')
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-build-isolation",
-                    str(s.run / "localpkg")], check=True, timeout=120,
-                   capture_output=True)
+    # As in a venv of Python 3.12+, which has pip but no setuptools (a no-op there).
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y",
+                    "setuptools"], check=True, timeout=120, capture_output=True)
+    # A wheel, not a setup.py project: installing it needs no build backend (so no
+    # setuptools) and no network.
+    wheel = build_wheel(s.run / "dist", "rwsgi-localpkg", "1.0",
+                        {"rwsgi_localpkg/__init__.py": 'MESSAGE = "installed by pip"\n'})
+    p = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
+                        "--disable-pip-version-check", str(wheel)],
+                       timeout=120, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
     for root, dirs, files in os.walk(s.run):
         for d in dirs:
             Path(root, d).chmod(0o755)
