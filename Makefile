@@ -8,13 +8,14 @@ export PYO3_PYTHON := $(PYTHON_SYS)
 export NGINX_BUILD_DIR := $(NGINX_SRC)/objs
 MODULES := $(CURDIR)/target/modules
 VENV := $(CURDIR)/target/venv
+WHEELS := $(CURDIR)/target/wheels
 SERVER ?= nginx
 
 APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build demo test test-rust test-servers bench soak lint clean
+.PHONY: deps build wheel serve-venv demo test test-rust test-servers bench soak lint clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -42,13 +43,24 @@ build: deps $(NGINX_SRC)/objs/Makefile
 	mv -f $(MODULES)/mod_rwsgi.so.new $(MODULES)/mod_rwsgi.so
 	@chmod o+rx $(CURDIR) $(CURDIR)/target $(MODULES)
 
+# The Python package: the `rwsgi` command and both modules built for $(PYTHON_SYS)
+# (setup.py runs cargo; `pip install .` does the same into the current environment).
+wheel: deps $(NGINX_SRC)/objs/Makefile
+	mkdir -p $(WHEELS)
+	$(VENV)/bin/python -m pip wheel --no-deps -q -w $(WHEELS) .
+
+# target/serve-venv, which tests/test_serve.py runs `rwsgi` from: `pip install .` into a
+# fresh $(PYTHON_SYS) venv, redone only when the package's or the Rust sources change.
+serve-venv: deps $(NGINX_SRC)/objs/Makefile
+	$(PYTHON_SYS) tests/harness/serve_venv.py
+
 demo: build
 	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
 
 test-rust: deps $(NGINX_SRC)/objs/Makefile
 	cargo test --release --workspace
 
-test-servers: build
+test-servers: build serve-venv
 	$(VENV)/bin/pytest -q tests
 	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side'
 
