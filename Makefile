@@ -12,14 +12,16 @@ MODULES := $(CURDIR)/target/modules
 FAULT_TARGET := $(CURDIR)/target/fault-injection
 FAULT_MODULES := $(CURDIR)/target/modules-fault
 VENV := $(CURDIR)/target/venv
+WHEELS := $(CURDIR)/target/wheels
 SERVER ?= nginx
 
 APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	python3-dev python3-venv libclang-dev libpcre2-dev libssl-dev zlib1g-dev curl \
 	libapache2-mod-wsgi-py3 wrk openssl
 
-.PHONY: deps build fault-module demo test test-rust test-servers test-frameworks bench soak \
-	lint clean install uninstall install-nginx-files install-apache-files deb
+.PHONY: deps build fault-module wheel serve-venv demo test test-rust test-servers \
+	test-frameworks bench soak lint clean install uninstall install-nginx-files \
+	install-apache-files deb
 
 # make install / make deb lay the modules out as Debian's own module packages do
 # (libnginx-mod-http-*, libapache2-mod-*). The config files point at $(PREFIX); nginx and
@@ -67,6 +69,16 @@ fault-module: deps $(NGINX_SRC)/objs/Makefile
 	install -m 0755 $(FAULT_TARGET)/release/libngx_http_rwsgi_module.so $(FAULT_MODULES)/ngx_http_rwsgi_module.so.new
 	mv -f $(FAULT_MODULES)/ngx_http_rwsgi_module.so.new $(FAULT_MODULES)/ngx_http_rwsgi_module.so
 	@chmod o+rx $(FAULT_MODULES)
+# The Python package: the `rwsgi` command and both modules built for $(PYTHON_SYS)
+# (setup.py runs cargo; `pip install .` does the same into the current environment).
+wheel: deps $(NGINX_SRC)/objs/Makefile
+	mkdir -p $(WHEELS)
+	$(VENV)/bin/python -m pip wheel --no-deps -q -w $(WHEELS) .
+
+# target/serve-venv, which tests/test_serve.py runs `rwsgi` from: `pip install .` into a
+# fresh $(PYTHON_SYS) venv, redone only when the package's or the Rust sources change.
+serve-venv: deps $(NGINX_SRC)/objs/Makefile
+	$(PYTHON_SYS) tests/harness/serve_venv.py
 
 demo: build
 	$(PYTHON_SYS) examples/demo.py --server $(SERVER)
@@ -78,7 +90,7 @@ test-rust: deps $(NGINX_SRC)/objs/Makefile
 # into a venv cached under target/framework-venvs/ (PyPI on the first run, seconds after).
 # The validated pass leaves them out: they mount their projects by absolute path, which it
 # never wraps.
-test-servers: build fault-module
+test-servers: build fault-module serve-venv
 	$(VENV)/bin/pytest -q tests
 	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side and not frameworks'
 
