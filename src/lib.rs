@@ -13,6 +13,8 @@ mod errors;
 mod file_wrapper;
 mod input;
 mod interpreter;
+pub mod metrics;
+pub mod metrics_render;
 pub mod pool;
 mod py_bytes;
 mod response;
