@@ -7,7 +7,7 @@ use crate::handler::wsgi_content_handler;
 use crate::{no_unwind, Module, Site};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 use rwsgi::pool::Threads;
 use rwsgi::AppSpec;
@@ -21,6 +21,8 @@ use std::sync::Arc;
 const DEFAULT_THREADS: usize = 16;
 const DEFAULT_MAX_THREADS: usize = 256;
 const DEFAULT_MAX_QUEUE: usize = 1024;
+/// A request still in the app after this many seconds is logged with its Python stack.
+const DEFAULT_STUCK_AFTER: u64 = 60;
 
 /// http-level settings: one interpreter and one thread pool per worker process.
 #[derive(Debug, Default)]
@@ -32,6 +34,13 @@ pub struct MainConf {
     max_queue: Option<usize>,
     /// Every app some location runs, imported when a worker starts.
     pub apps: Vec<AppSpec>,
+    /// `wsgi_stuck_after`, when given (see [`MainConf::stuck_after`]).
+    stuck_after: Option<u64>,
+    /// The shared zone holding the status counters (metrics.rs), added with the first
+    /// wsgi_app or wsgi_status.
+    pub zone: Option<std::ptr::NonNull<ngx_shm_zone_t>>,
+    /// Each mount's metrics name with the app it runs (for import failures).
+    pub mounts: Vec<(String, AppSpec)>,
 }
 
 /// One `wsgi_param NAME VALUE;` with VALUE compiled (it may hold variables).
@@ -52,6 +61,8 @@ pub struct LocConf {
     pub params: Option<Vec<Param>>,
     /// The app this location runs, complete after merge.
     pub app: Option<Arc<AppSpec>>,
+    /// The app's name on the status page: its mount ("/" for the root).
+    pub metrics_name: String,
 }
 
 impl MainConf {
@@ -70,6 +81,11 @@ impl MainConf {
     /// Requests that may wait for a thread before nginx answers 503.
     pub fn max_queue(&self) -> usize {
         self.max_queue.unwrap_or(DEFAULT_MAX_QUEUE)
+    }
+
+    /// Seconds after which a request still in the app is logged with its stack.
+    pub fn stuck_after(&self) -> u64 {
+        self.stuck_after.unwrap_or(DEFAULT_STUCK_AFTER)
     }
 }
 
@@ -108,7 +124,7 @@ const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CON
 const LOC_OFFSET: usize = NGX_HTTP_LOC_CONF_OFFSET;
 const MAIN_OFFSET: usize = NGX_HTTP_MAIN_CONF_OFFSET;
 
-pub static mut COMMANDS: [ngx_command_t; 9] = [
+pub static mut COMMANDS: [ngx_command_t; 11] = [
     command(c"wsgi_app", LOC | NGX_CONF_TAKE1, set_app, LOC_OFFSET),
     command(
         c"wsgi_callable",
@@ -151,6 +167,18 @@ pub static mut COMMANDS: [ngx_command_t; 9] = [
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         set_max_queue,
         MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_stuck_after",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_stuck_after,
+        MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_status",
+        LOC | NGX_CONF_NOARGS,
+        set_status,
+        LOC_OFFSET,
     ),
     ngx_command_t::empty(),
 ];
@@ -245,7 +273,89 @@ unsafe extern "C" fn set_app(
         };
         lc.app_value = Some(value);
         clcf.handler = Some(wsgi_content_handler);
-        NGX_CONF_OK
+        // SAFETY: cf is live (the contract above).
+        unsafe { add_zone(d.cf) }
+    })
+}
+
+unsafe extern "C" fn set_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the directive handlers' contract (above).
+    let mut d = unsafe { Directive::new(cf) };
+    d.run("wsgi_status", |d| {
+        // SAFETY: cf is live (the contract above).
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*d.cf }) else {
+            return d.refuse("wsgi_status: no location");
+        };
+        if clcf.handler.is_some() {
+            return d.refuse("wsgi_status: this location has a content handler already");
+        }
+        clcf.handler = Some(crate::status::status_handler);
+        // SAFETY: cf is live (the contract above).
+        unsafe { add_zone(d.cf) }
+    })
+}
+
+/// Adds the shared zone of the status counters, once per config (every wsgi_app and
+/// wsgi_status asks for it). Its size is fixed: rwsgi::metrics::MAX_APPS slots.
+///
+/// # Safety
+/// cf is live, inside the http block.
+unsafe fn add_zone(cf: *mut ngx_conf_t) -> *mut c_char {
+    // SAFETY: cf is live and inside the http block (caller).
+    let Some(mc) = Module::main_conf_mut(unsafe { &*cf }) else {
+        return NGX_CONF_ERROR;
+    };
+    if mc.zone.is_some() {
+        return NGX_CONF_OK;
+    }
+    let mut name = ngx_str_t {
+        len: c"rwsgi_status".count_bytes(),
+        data: c"rwsgi_status".as_ptr() as *mut u8,
+    };
+    // The slab pool's own pages, then the counters (a large slab allocation is whole pages).
+    let size = (rwsgi::metrics::Metrics::SIZE + 4095) / 4096 * 4096 + 16 * 4096;
+    let tag = Module::module() as *const ngx_module_t as *mut c_void;
+    // SAFETY: cf is live; nginx copies nothing from name but keeps its static bytes.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
+    let Some(zone) = std::ptr::NonNull::new(zone) else {
+        return NGX_CONF_ERROR;
+    };
+    // SAFETY: a zone nginx just made (or found) for this tag, filled before it maps it.
+    unsafe {
+        (*zone.as_ptr()).init = Some(init_zone);
+        (*zone.as_ptr()).data = ptr::null_mut();
+    }
+    mc.zone = Some(zone);
+    NGX_CONF_OK
+}
+
+/// nginx maps the zone (in the master, at config time, before forking the workers): the
+/// counters are allocated from its slab pool, or kept from the previous config's zone on a
+/// reload (`old` is then that zone's data).
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+    no_unwind(Site::PROCESS, "init_zone", NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the zone it mapped; on a fresh zone shm.addr is its slab
+        // pool (ngx_init_zone_pool ran), and only the master runs this.
+        unsafe {
+            let base = if old.is_null() {
+                let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
+                ngx_slab_alloc(pool, rwsgi::metrics::Metrics::SIZE) as *mut u8
+            } else {
+                old as *mut u8
+            };
+            if base.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            // base: Metrics::SIZE bytes of the zone, page-aligned, mapped at this address
+            // in every worker (forked after this), used only through Metrics.
+            rwsgi::metrics::Metrics::init(base);
+            (*zone).data = base as *mut c_void;
+        }
+        NGX_OK as ngx_int_t
     })
 }
 
@@ -381,6 +491,24 @@ unsafe extern "C" fn set_threads(
     })
 }
 
+unsafe extern "C" fn set_stuck_after(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the directive handlers' contract (above).
+    let (mut d, mc) = unsafe { (Directive::new(cf), &mut *(conf as *mut MainConf)) };
+    d.run("wsgi_stuck_after", |d| {
+        match d.count("wsgi_stuck_after", 86_400) {
+            Ok(n) => {
+                mc.stuck_after = Some(n as u64);
+                NGX_CONF_OK
+            }
+            Err(e) => e,
+        }
+    })
+}
+
 unsafe extern "C" fn set_max_queue(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
@@ -456,10 +584,17 @@ pub unsafe extern "C" fn merge_loc_conf(
                 );
             }
         }
+        lc.metrics_name = match lc.mount() {
+            "" => "/".to_string(),
+            mount => mount.to_string(),
+        };
         // SAFETY: cf is live and its ctx the http conf context (the contract above).
         if let Some(mc) = Module::main_conf_mut(unsafe { &*cf }) {
             if !mc.apps.contains(&spec) {
                 mc.apps.push(spec.clone());
+            }
+            if !mc.mounts.iter().any(|(name, _)| *name == lc.metrics_name) {
+                mc.mounts.push((lc.metrics_name.clone(), spec.clone()));
             }
         }
         lc.app = Some(Arc::new(spec));

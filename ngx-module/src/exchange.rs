@@ -277,6 +277,11 @@ impl LoopSide {
         }
     }
 
+    /// The pool thread running the request's Python work now, if one is.
+    pub fn running_thread(&self) -> Option<u64> {
+        self.0.lock().thread
+    }
+
     /// The loop is done with the request, whatever its Python work still does: from now
     /// on the thread's output is dropped, its body reads fail, and a thread waiting for
     /// the client is woken with ClientGone. A parked response is dropped unresumed (call

@@ -108,6 +108,15 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
 
     let job = thread::start(spec, worker.runtime, request, Box::new(body), thread_side);
     if let Err(_job) = worker.pool.enqueue(job) {
+        if let Some(app) = worker::app_metrics(&lc.metrics_name) {
+            app.queue_full();
+            app.count(rwsgi::metrics::RequestEnd {
+                status: Some(503),
+                // SAFETY: ctx is r's context, unused elsewhere now.
+                duration: unsafe { ctx.as_ref() }.age(),
+                ..Default::default()
+            });
+        }
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
@@ -119,7 +128,9 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     }
     // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on
     // the event loop.
-    unsafe { (*ctx.as_ptr()).lend_to_thread() };
+    unsafe {
+        (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, worker::app_metrics(&lc.metrics_name))
+    };
     // SAFETY: on the event loop.
     unsafe { worker::wake_pool_soon() };
     Ok(())

@@ -9,6 +9,7 @@
 //! - Python thread: thread.rs (the job and the engine's sink), body.rs (request body);
 //! - between them: exchange.rs (the shared state), bridge.rs (thread-to-loop wake-up);
 //! - process: config.rs (directives), worker.rs (per-worker start-up);
+//! - the status page: status.rs (`wsgi_status`, counters in a shared zone);
 //! - tests only: fault.rs (panics injected on the loop side, cargo feature
 //!   `fault-injection`).
 //!
@@ -24,6 +25,7 @@ mod handler;
 mod headers;
 mod output;
 mod shutdown;
+mod status;
 mod thread;
 mod worker;
 
@@ -87,6 +89,8 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         let Some(mc) = Module::main_conf(unsafe { &*cycle }) else {
             return;
         };
+        // SAFETY: once per worker, from init_process, with the zones mapped.
+        unsafe { worker::attach_metrics(mc) };
         if !mc.apps.is_empty() {
             // SAFETY: nginx calls init_process once per worker, on its event-loop thread.
             unsafe { worker::start(cycle, mc) };

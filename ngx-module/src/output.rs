@@ -23,15 +23,21 @@ use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
+use rwsgi::metrics::{AppCounters, RequestEnd};
 use rwsgi::{LogLevel, OutputEvent};
 use std::ffi::c_void;
 use std::ptr::{self, NonNull};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// How often the guard timer fires while Python holds a request.
+/// How often the guard timer fires while Python holds a request (at most: more often when
+/// wsgi_stuck_after is shorter).
 const GUARD_INTERVAL_MS: ngx_msec_t = 5_000;
-/// A request still in Python after this many guard intervals is logged, then again as
-/// often: a stuck app shows in the error log instead of silently holding a thread.
-const GUARD_REPORT_EVERY: u32 = 12;
+/// How often the guard looks for a stuck request's stack while another thread formats it.
+const STACK_POLL_MS: ngx_msec_t = 100;
+
+/// A stack being formatted off the loop for a stuck request's report.
+type PendingStack = mpsc::Receiver<Result<Option<String>, String>>;
 
 /// Loop-side state of one request, owned by the request pool (freed with the request).
 pub struct RequestCtx {
@@ -42,8 +48,19 @@ pub struct RequestCtx {
     guard: ngx_event_t,
     /// r->main->blocked was raised for the thread (keeps nginx from freeing r under it).
     blocked: bool,
-    /// Guard timer firings so far.
-    guard_ticks: u32,
+    /// When the handler took the request (for its duration and stuck reports).
+    started: Instant,
+    /// The app's counters on the status page, while the request counts as in flight.
+    app: Option<&'static AppCounters>,
+    /// Response body bytes passed to nginx.
+    bytes_out: u64,
+    /// wsgi_stuck_after, and when the request is next reported as stuck.
+    stuck_after: Duration,
+    next_report: Duration,
+    /// The request's id in stuck reports ($request_id), computed at the first one.
+    request_id: Option<String>,
+    /// The stack of a stuck request's thread, being formatted.
+    stack: Option<PendingStack>,
     /// Events whose memory (bytes, files) nginx may still be sending.
     holding: Vec<OutputEvent>,
     /// What `holding` counts for in the exchange's window (exchange::cost).
@@ -86,7 +103,13 @@ impl RequestCtx {
             // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
             guard: unsafe { std::mem::zeroed() },
             blocked: false,
-            guard_ticks: 0,
+            started: Instant::now(),
+            app: None,
+            bytes_out: 0,
+            stuck_after: Duration::from_secs(60),
+            next_report: Duration::from_secs(60),
+            request_id: None,
+            stack: None,
             holding: Vec::new(),
             holding_bytes: 0,
             free: ptr::null_mut(),
@@ -121,8 +144,14 @@ impl RequestCtx {
     ///
     /// # Safety
     /// self.r is live; on the event loop.
-    pub unsafe fn lend_to_thread(&mut self) {
+    pub unsafe fn lend_to_thread(&mut self, stuck_after: u64, app: Option<&'static AppCounters>) {
         let r = self.r;
+        self.stuck_after = Duration::from_secs(stuck_after.max(1));
+        self.next_report = self.stuck_after;
+        if let Some(app) = app {
+            app.start();
+            self.app = Some(app);
+        }
         // SAFETY: r is live (caller), so is its main request.
         unsafe {
             let main = (*r).main;
@@ -133,7 +162,46 @@ impl RequestCtx {
         // SAFETY: the guard (set up by install) lives in ctx, and release() deletes the
         // timer before ctx can be freed (ctx is freed with the request, which `blocked`
         // keeps until then).
-        unsafe { ngx_add_timer(&mut self.guard, GUARD_INTERVAL_MS) };
+        unsafe { ngx_add_timer(&mut self.guard, self.guard_interval()) };
+    }
+
+    fn guard_interval(&self) -> ngx_msec_t {
+        GUARD_INTERVAL_MS.min(self.stuck_after.as_millis() as ngx_msec_t)
+    }
+
+    /// Counts the request's end on the status page (once: the request then no longer
+    /// counts as in flight). `rc` is what it is finalized with, when known.
+    ///
+    /// # Safety
+    /// self.r is live; on the event loop.
+    unsafe fn account(&mut self, rc: Option<ngx_int_t>) {
+        let Some(app) = self.app.take() else { return };
+        // SAFETY: r and its connection are live (caller).
+        let (header_sent, sent_status, aborted) = unsafe {
+            let r = self.r;
+            (
+                (*r).header_sent() != 0,
+                (*r).headers_out.status,
+                (*(*r).connection).error() != 0,
+            )
+        };
+        let status = if header_sent {
+            Some(sent_status as u16)
+        } else {
+            rc.filter(|rc| (100..600).contains(rc) && !aborted)
+                .map(|rc| rc as u16)
+        };
+        app.end(RequestEnd {
+            status,
+            duration: self.started.elapsed(),
+            bytes_out: self.bytes_out,
+            client_aborted: aborted || rc.is_none(),
+        });
+    }
+
+    /// How long ago the handler took the request.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     pub fn r(&self) -> *mut ngx_http_request_t {
@@ -156,6 +224,11 @@ impl RequestCtx {
             return None;
         }
         self.done = true;
+        // Taken back without a final status (worker_shutdown_timeout, a panic): counted
+        // as a client abort. finish() has counted its request already.
+        // SAFETY: r is live (caller).
+        unsafe { self.account(None) };
+        self.stack = None;
         let python_thread = self.exchange.finish();
         if self.blocked {
             // SAFETY: r is live (caller), so is its main request.
@@ -231,6 +304,7 @@ impl RequestCtx {
                         continue;
                     }
                     bytes += cost(data.len());
+                    self.bytes_out += data.len() as u64;
                     // The chunk's bytes do not move with it: the buffer stays valid.
                     self.holding.push(OutputEvent::Data(data));
                     // SAFETY: a fresh link of r's pool, with its buffer, next null.
@@ -244,6 +318,7 @@ impl RequestCtx {
                         failed = true;
                         continue;
                     }
+                    self.bytes_out += len;
                     self.holding.push(OutputEvent::File { file, offset, len });
                     // SAFETY: as for body parts.
                     unsafe { chain.push(link) };
@@ -479,7 +554,7 @@ unsafe fn finish(ctx: *mut RequestCtx, rc: ngx_int_t) {
     // ngx_http_finalize_request may free them.
     unsafe {
         let ctx = &mut *ctx;
-        if ctx.release().is_none() {
+        if ctx.done {
             return;
         }
         let r = ctx.r;
@@ -489,6 +564,17 @@ unsafe fn finish(ctx: *mut RequestCtx, rc: ngx_int_t) {
         } else {
             rc
         };
+        let status = if rc == NGX_OK as ngx_int_t {
+            NGX_HTTP_OK as ngx_int_t
+        } else if rc == NGX_ERROR as ngx_int_t && (*r).header_sent() == 0 {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        } else {
+            rc
+        };
+        ctx.account(Some(status));
+        if ctx.release().is_none() {
+            return;
+        }
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
@@ -731,17 +817,130 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
         if unsafe { (*(*ctx.r).connection).error() } != 0 {
             ctx.exchange.mark_gone();
         }
-        ctx.guard_ticks += 1;
-        if ctx.guard_ticks.is_multiple_of(GUARD_REPORT_EVERY) {
-            let seconds = u64::from(ctx.guard_ticks) * GUARD_INTERVAL_MS as u64 / 1000;
-            ngx_log_error!(
-                NGX_LOG_WARN,
-                ctx.guard.log,
-                "wsgi: request still in progress after {} s",
-                seconds
-            );
-        }
+        // SAFETY: ctx.r is live while the thread holds it (as above).
+        let interval = unsafe { ctx.report_stuck() };
         // SAFETY: the guard lives in ctx (as above).
-        unsafe { ngx_add_timer(&mut ctx.guard, GUARD_INTERVAL_MS) };
+        unsafe { ngx_add_timer(&mut ctx.guard, interval) };
     })
+}
+
+impl RequestCtx {
+    /// From the guard timer: a request in the app for wsgi_stuck_after (then again each
+    /// time as long again goes by) is logged, and its thread's Python stack after it, once
+    /// another thread has formatted it (that takes the GIL, which the loop must not wait
+    /// for). Returns when the guard is to fire next.
+    ///
+    /// # Safety
+    /// self.r is live, held by the thread; on the event loop.
+    unsafe fn report_stuck(&mut self) -> ngx_msec_t {
+        let log = self.guard.log;
+        if let Some(pending) = &self.stack {
+            let stack = match pending.try_recv() {
+                Err(mpsc::TryRecvError::Empty) if self.started.elapsed() < self.next_report => {
+                    return STACK_POLL_MS;
+                }
+                Err(_) => Err("the GIL was not free in time".to_string()),
+                Ok(stack) => stack,
+            };
+            self.stack = None;
+            let id = self.request_id.as_deref().unwrap_or("-");
+            match stack {
+                Ok(Some(stack)) => {
+                    for line in stack.lines() {
+                        ngx_log_error!(NGX_LOG_WARN, log, "wsgi: request {}: {}", id, line);
+                    }
+                }
+                Ok(None) => {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        log,
+                        "wsgi: request {}: its thread runs no Python code",
+                        id
+                    );
+                }
+                Err(why) => {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        log,
+                        "wsgi: request {}: stack unavailable: {}",
+                        id,
+                        why
+                    );
+                }
+            }
+        }
+        let elapsed = self.started.elapsed();
+        if elapsed < self.next_report {
+            return self.guard_interval();
+        }
+        while self.next_report <= elapsed {
+            self.next_report += self.stuck_after;
+        }
+        // SAFETY: r is live (caller).
+        let id = self
+            .request_id
+            .get_or_insert_with(|| unsafe { request_id(self.r) })
+            .clone();
+        // SAFETY: as above; the request line lives with r.
+        let line =
+            unsafe { String::from_utf8_lossy((*self.r).request_line.as_bytes()).into_owned() };
+        // SAFETY: as above.
+        let app = crate::config::location_conf(unsafe { &*self.r })
+            .map_or("-", |lc| lc.metrics_name.as_str());
+        let thread = self.exchange.running_thread();
+        match thread {
+            Some(thread) => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "wsgi: request {} \"{}\" to app {} still in progress after {} s, in thread {:#x} (most recent call last):",
+                    id,
+                    line,
+                    app,
+                    elapsed.as_secs(),
+                    thread
+                );
+                self.stack = crate::shutdown::python_stack_later(thread);
+                if self.stack.is_some() {
+                    return STACK_POLL_MS;
+                }
+            }
+            None => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "wsgi: request {} \"{}\" to app {} still in progress after {} s, waiting for its client",
+                    id,
+                    line,
+                    app,
+                    elapsed.as_secs()
+                );
+            }
+        }
+        self.guard_interval()
+    }
+}
+
+/// The request's `$request_id` (the same value the access log and wsgi_param see when
+/// the config uses that variable).
+///
+/// # Safety
+/// r is live; on the event loop.
+unsafe fn request_id(r: *mut ngx_http_request_t) -> String {
+    let mut name = ngx_str_t {
+        len: c"request_id".count_bytes(),
+        data: c"request_id".as_ptr() as *mut u8,
+    };
+    // SAFETY: r is live (caller); the name is static and lowercase, as nginx wants it;
+    // the value lives in r's pool and is copied out at once.
+    unsafe {
+        let key = ngx_hash_key(name.data, name.len);
+        let v = ngx_http_get_variable(r, &mut name, key);
+        if v.is_null() || (*v).not_found() != 0 || (*v).data.is_null() {
+            let c = (*r).connection;
+            return format!("*{}-{}", (*c).number, (*c).requests);
+        }
+        let bytes = std::slice::from_raw_parts((*v).data, (*v).len() as usize);
+        String::from_utf8_lossy(bytes).into_owned()
+    }
 }

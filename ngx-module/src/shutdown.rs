@@ -132,6 +132,20 @@ unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>) {
     }
 }
 
+/// The Python stack of `thread`, formatted on a short-lived thread that the caller does
+/// not wait for: the result comes through the receiver (None if no thread could start).
+pub fn python_stack_later(thread: u64) -> Option<mpsc::Receiver<Result<Option<String>, String>>> {
+    let runtime = crate::worker::get()?.runtime;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("rwsgi-stack".into())
+        .spawn(move || {
+            let _ = tx.send(runtime.thread_stack(thread));
+        })
+        .ok()?;
+    Some(rx)
+}
+
 /// The Python stack of `thread`, formatted on a short-lived thread so that the event
 /// loop waits for the GIL no longer than STACK_WAIT.
 fn python_stack(thread: u64) -> Result<Option<String>, String> {

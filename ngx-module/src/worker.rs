@@ -4,6 +4,7 @@
 use crate::config::MainConf;
 use ngx::ffi::*;
 use ngx::ngx_log_error;
+use rwsgi::metrics::{AppCounters, Metrics};
 use rwsgi::pool::WorkerPool;
 use rwsgi::{Runtime, ServerTraits};
 use std::sync::OnceLock;
@@ -13,9 +14,40 @@ pub struct Worker {
     pub pool: WorkerPool,
     pub threads: usize,
     pub max_queue: usize,
+    /// wsgi_stuck_after, in seconds.
+    pub stuck_after: u64,
 }
 
 static WORKER: OnceLock<Worker> = OnceLock::new();
+/// This worker's handle on the status counters in the shared zone (config.rs).
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// The counters of the app mounted as `name` (None without a zone, or all slots taken).
+pub fn app_metrics(name: &str) -> Option<&'static AppCounters> {
+    metrics()?.app(name)
+}
+
+/// Attaches this worker to the status counters and counts its start.
+///
+/// # Safety
+/// Once per worker, from init_process, after nginx has mapped and initialized the zones.
+pub unsafe fn attach_metrics(mc: &MainConf) {
+    let Some(zone) = mc.zone else { return };
+    // SAFETY: the zone is this config's, initialized by config::init_zone, which set data
+    // to the counters' block (or left it null if it failed).
+    let base = unsafe { (*zone.as_ptr()).data } as *mut u8;
+    if base.is_null() {
+        return;
+    }
+    // SAFETY: base is the block init_zone set up, mapped for the worker's whole life.
+    let metrics = unsafe { Metrics::attach(base) };
+    metrics.worker_started();
+    let _ = METRICS.set(metrics);
+}
 
 pub fn get() -> Option<&'static Worker> {
     WORKER.get()
@@ -66,6 +98,11 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
                 for line in error.traceback.lines() {
                     ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
                 }
+                for (name, _) in mc.mounts.iter().filter(|(_, s)| s == spec) {
+                    if let Some(app) = app_metrics(name) {
+                        app.import_failed();
+                    }
+                }
             }
         }
     }
@@ -86,6 +123,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
         pool,
         threads: threads.max,
         max_queue,
+        stuck_after: mc.stuck_after(),
     });
 }
 
