@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub python_home: Option<PathBuf>,
     /// WSGIPythonPath (main server only), in front of sys.path for every app.
     pub python_path: Vec<String>,
+    /// WSGIStuckAfter (main server only): seconds after which a request still in the app
+    /// is logged with its Python stack.
+    pub stuck_after: Option<u64>,
 }
 
 /// Per-directory settings; None/NULL means "not set here, inherit".
@@ -222,6 +225,7 @@ pub unsafe extern "C" fn merge_server_config(
             imports: add.imports.clone(),
             python_home: base.python_home.clone(),
             python_path: base.python_path.clone(),
+            stuck_after: base.stuck_after,
         };
         // SAFETY: p is the config pool.
         unsafe { pool_box(p, merged) as *mut c_void }

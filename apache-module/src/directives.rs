@@ -344,6 +344,29 @@ unsafe extern "C" fn python_path(
     })
 }
 
+unsafe extern "C" fn stuck_after(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: as in python_home.
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| {
+        cmd.global_only()?;
+        let seconds = match value.trim().parse::<u64>() {
+            Ok(n) if (1..=86_400).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "\"{value}\" must be a number of seconds from 1 to 86400"
+                ))
+            }
+        };
+        // SAFETY: the only reference to the server config in this directive.
+        unsafe { cmd.server_config() }?.stuck_after = Some(seconds);
+        Ok(())
+    })
+}
+
 unsafe extern "C" fn callable_object(
     cmd: *mut cmd_parms,
     m: *mut c_void,
@@ -526,7 +549,7 @@ const END: command_rec = command_rec {
 
 /// The NULL-terminated table httpd reads through `module.cmds`.
 #[repr(transparent)]
-pub struct Commands(pub [command_rec; 26]);
+pub struct Commands(pub [command_rec; 27]);
 
 // SAFETY: the table is immutable after construction; its pointers are to static strings
 // and functions, so sharing it between threads is sound.
@@ -558,5 +581,6 @@ pub static COMMANDS: Commands = Commands([
     flag(c"WSGIDestroyInterpreter", ignored_flag, SERVER, c"accepted and ignored"),
     take1(c"WSGIPythonEggs", ignored_take1, SERVER, c"accepted and ignored"),
     flag(c"WSGIDontWriteBytecode", ignored_flag, SERVER, c"accepted and ignored"),
+    take1(c"WSGIStuckAfter", stuck_after, SERVER, c"seconds after which a request still in the app is logged with its Python stack (default 60)"),
     END,
 ]);

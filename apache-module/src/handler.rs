@@ -41,6 +41,9 @@ fn refuse(req: Req<'_>, status: u32, message: &str) -> c_int {
 }
 
 fn handle(req: Req<'_>) -> c_int {
+    if req.handler() == Some(b"rwsgi-status") {
+        return crate::status::serve(req);
+    }
     if !is_ours(req.handler().unwrap_or_default()) {
         return DECLINED;
     }
@@ -160,6 +163,11 @@ fn handle(req: Req<'_>) -> c_int {
     let sink = Arc::new(ApacheSink::new(live.clone()));
     // ApacheSink::offer waits for the client in send and never says Full (this thread is
     // the request's anyway), so the engine never hands back a parked response.
+    let mount = match String::from_utf8_lossy(&script_name).into_owned() {
+        m if m.is_empty() => "/".to_string(),
+        m => m,
+    };
+    let running = crate::status::Running::start(req, &mount);
     let parked = runtime.run(&spec, request, body, sink);
     debug_assert!(parked.is_none(), "ApacheSink never parks a response");
     // The sink dropped response chunks that kept bytes objects alive without the GIL:
@@ -169,14 +177,17 @@ fn handle(req: Req<'_>) -> c_int {
     // From here on the app's leftovers (a kept wsgi.input / wsgi.errors) no longer reach
     // this request.
     let Some(state) = live.retire() else {
+        running.end(req, HTTP_INTERNAL_SERVER_ERROR as c_int);
         return HTTP_INTERNAL_SERVER_ERROR as c_int;
     };
-    match (state.finish, state.read_error) {
+    let status = match (state.finish, state.read_error) {
         (Some(Finish::Fail(_)), Some(status)) if !state.passed => status,
         (Some(Finish::Fail(status)), _) if !state.passed => c_int::from(status),
         (None, _) if !state.passed => HTTP_INTERNAL_SERVER_ERROR as c_int,
         _ => OK as c_int,
-    }
+    };
+    running.end(req, status);
+    status
 }
 
 /// httpd's own EnableSendfile for the request's directory.

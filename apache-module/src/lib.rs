@@ -4,7 +4,8 @@
 //! httpd loads `rwsgi_module` ([`module`]); directives fill [`config`]; the translate hook
 //! ([`mapping`]) maps URLs to scripts; the content handler ([`handler`]) copies the request
 //! ([`request`]) and runs it through `rwsgi::Runtime::run` with a body reader ([`body`]) and
-//! a response sink ([`sink`]) over httpd's filter chains.
+//! a response sink ([`sink`]) over httpd's filter chains. [`status`]: the counters in
+//! shared memory, the `rwsgi-status` handler and the stuck-request watchdog.
 
 mod apr;
 mod bindings;
@@ -22,5 +23,6 @@ mod python;
 mod req;
 mod request;
 mod sink;
+mod status;
 
 pub use module::rwsgi_module;

@@ -191,6 +191,8 @@ unsafe extern "C" fn post_config(
     guard("post_config", OK as c_int, || {
         // SAFETY: pconf is the live configuration pool httpd passes in.
         unsafe { add_version_component(pconf) };
+        // SAFETY: as above, in the parent before it forks; s is the main server.
+        unsafe { crate::status::create_shared(pconf, s) };
         let mut server = s as *const server_rec;
         let mut scripts = 0;
         while !server.is_null() {

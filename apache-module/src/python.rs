@@ -66,6 +66,8 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
     let Some(main) = (unsafe { config::server(s) }) else {
         return;
     };
+    // SAFETY: s is the live main server, once per child (the contract).
+    unsafe { crate::status::child_init(s, main.stuck_after) };
     let home = main.python_home.as_deref();
     match Runtime::start(home, mpm_traits()) {
         Ok(runtime) => {

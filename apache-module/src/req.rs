@@ -268,6 +268,7 @@ c_string_fields!(
     user,
     ap_auth_type,
     log_id,
+    the_request,
     useragent_ip,
     hostname,
 );
