@@ -44,7 +44,9 @@ deps:
 	fi
 	@# the servers are started by the tests and the demo, not by the system
 	@systemctl disable --now nginx apache2 >/dev/null 2>&1 || true
-	@[ -x $(VENV)/bin/pytest ] || { $(PYTHON_SYS) -m venv $(VENV) && $(VENV)/bin/pip install -q pytest; }
+	@# prometheus_client: tests/test_status.py parses the status page's Prometheus output with it
+	@[ -x $(VENV)/bin/pytest ] && $(VENV)/bin/python -c 'import prometheus_client' 2>/dev/null || \
+		{ { [ -x $(VENV)/bin/python ] || $(PYTHON_SYS) -m venv $(VENV); } && $(VENV)/bin/pip install -q pytest prometheus_client; }
 
 # nginx-sys needs a configured nginx tree with the same flags as the installed binary,
 # so the module signature matches `nginx -V`.

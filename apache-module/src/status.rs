@@ -246,7 +246,8 @@ fn log_id(req: Req<'_>) -> String {
 /// its thread, then again every WSGIStuckAfter while it stays.
 fn watchdog(every: Duration) {
     STUCK_AFTER.store(every.as_secs().max(1), Ordering::Relaxed);
-    let tick = every.min(Duration::from_secs(1));
+    // Often enough that a report comes within a quarter of the interval of being due.
+    let tick = (every / 4).min(Duration::from_secs(1));
     loop {
         std::thread::sleep(tick);
         let due: Vec<(u64, String, String, String, u64)> = match watched().lock() {
