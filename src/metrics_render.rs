@@ -16,6 +16,9 @@ pub struct ServerInfo {
 
 pub const RWSGI_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Reads one counter of an app.
+type Getter = fn(&AppSnapshot) -> u64;
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +173,7 @@ pub fn prometheus(snap: &Snapshot, info: &ServerInfo) -> String {
             app.duration_sum, app.duration_count
         );
     }
-    let counters: [(&str, &str, fn(&AppSnapshot) -> u64); 4] = [
+    let counters: [(&str, &str, Getter); 4] = [
         (
             "rwsgi_response_bytes_total",
             "Response body bytes the app produced.",

@@ -317,7 +317,7 @@ unsafe fn add_zone(cf: *mut ngx_conf_t) -> *mut c_char {
         data: c"rwsgi_status".as_ptr() as *mut u8,
     };
     // The slab pool's own pages, then the counters (a large slab allocation is whole pages).
-    let size = (rwsgi::metrics::Metrics::SIZE + 4095) / 4096 * 4096 + 16 * 4096;
+    let size = rwsgi::metrics::Metrics::SIZE.div_ceil(4096) * 4096 + 16 * 4096;
     let tag = Module::module() as *const ngx_module_t as *mut c_void;
     // SAFETY: cf is live; nginx copies nothing from name but keeps its static bytes.
     let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };

@@ -35,7 +35,7 @@ fn server_info() -> &'static ServerInfo {
 unsafe fn send(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: r is live (caller).
     let method = unsafe { (*r).method } as u32;
-    if method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as u32 == 0 {
+    if method & (NGX_HTTP_GET | NGX_HTTP_HEAD) == 0 {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
     }
     // SAFETY: as above.
