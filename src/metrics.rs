@@ -35,6 +35,7 @@ const NAMED: u64 = 2;
 
 /// One app's counters.
 #[repr(C)]
+#[derive(Debug)]
 pub struct AppCounters {
     state: AtomicU64,
     name_len: AtomicU64,

@@ -150,6 +150,12 @@ fn handle(req: Req<'_>) -> c_int {
     let chunked = req
         .table_get(Table::HeadersIn, c"Transfer-Encoding")
         .is_some();
+    // Counted as in flight (and watched for WSGIStuckAfter) until `running.end`.
+    let mount = match String::from_utf8_lossy(&script_name).into_owned() {
+        m if m.is_empty() => "/".to_string(),
+        m => m,
+    };
+    let running = crate::status::Running::start(req, &mount);
     // From here until it is retired, the request is shared with whichever thread runs the
     // app's Python code, through Live only: nothing reads it through `req` meanwhile.
     let live = Arc::new(Live::new(req.ptr(), sendfile));
@@ -163,11 +169,6 @@ fn handle(req: Req<'_>) -> c_int {
     let sink = Arc::new(ApacheSink::new(live.clone()));
     // ApacheSink::offer waits for the client in send and never says Full (this thread is
     // the request's anyway), so the engine never hands back a parked response.
-    let mount = match String::from_utf8_lossy(&script_name).into_owned() {
-        m if m.is_empty() => "/".to_string(),
-        m => m,
-    };
-    let running = crate::status::Running::start(req, &mount);
     let parked = runtime.run(&spec, request, body, sink);
     debug_assert!(parked.is_none(), "ApacheSink never parks a response");
     // The sink dropped response chunks that kept bytes objects alive without the GIL:

@@ -63,6 +63,8 @@ pub struct LocConf {
     pub app: Option<Arc<AppSpec>>,
     /// The app's name on the status page: its mount ("/" for the root).
     pub metrics_name: String,
+    /// Its counters, looked up once per worker (the conf is the worker's own copy).
+    metrics: std::sync::OnceLock<Option<&'static rwsgi::metrics::AppCounters>>,
 }
 
 impl MainConf {
@@ -90,6 +92,13 @@ impl MainConf {
 }
 
 impl LocConf {
+    /// The counters of this location's app on the status page.
+    pub fn app_metrics(&self) -> Option<&'static rwsgi::metrics::AppCounters> {
+        *self
+            .metrics
+            .get_or_init(|| crate::worker::app_metrics(&self.metrics_name))
+    }
+
     /// SCRIPT_NAME for this location: `wsgi_script_name`, else the location's prefix.
     pub fn mount(&self) -> &str {
         self.script_name.as_deref().unwrap_or(&self.location_prefix)

@@ -108,7 +108,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
 
     let job = thread::start(spec, worker.runtime, request, Box::new(body), thread_side);
     if let Err(_job) = worker.pool.enqueue(job) {
-        if let Some(app) = worker::app_metrics(&lc.metrics_name) {
+        if let Some(app) = lc.app_metrics() {
             app.queue_full();
             app.count(rwsgi::metrics::RequestEnd {
                 status: Some(503),
@@ -129,7 +129,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on
     // the event loop.
     unsafe {
-        (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, worker::app_metrics(&lc.metrics_name))
+        (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, lc.app_metrics())
     };
     // SAFETY: on the event loop.
     unsafe { worker::wake_pool_soon() };
