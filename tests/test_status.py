@@ -202,3 +202,16 @@ def test_stuck_request_logged_with_its_stack(kind, make_server):
     http.get(srv.port, "/hello")
     http.get(srv.port, "/sleep?t=0.2")
     assert "still in progress" not in srv.error_log(mark)
+
+
+@pytest.mark.only("nginx")
+def test_nginx_reload_keeps_the_counts(status_server):
+    srv = status_server
+    for _ in range(4):
+        assert http.get(srv.port, "/hello").status == 200
+    start = status_json(srv)["start_time"]
+    srv.reload()
+    assert wait_until(lambda: status_json(srv)["worker_starts"] == 4, 10), status_json(srv)
+    doc = status_json(srv)
+    assert app_of(doc, "/hello")["requests"]["2xx"] == 4
+    assert doc["start_time"] == start
