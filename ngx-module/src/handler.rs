@@ -128,9 +128,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     }
     // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on
     // the event loop.
-    unsafe {
-        (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, lc.app_metrics())
-    };
+    unsafe { (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, lc.app_metrics()) };
     // SAFETY: on the event loop.
     unsafe { worker::wake_pool_soon() };
     Ok(())

@@ -904,6 +904,12 @@ impl RequestCtx {
                 if self.stack.is_some() {
                     return STACK_POLL_MS;
                 }
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "wsgi: request {}: stack unavailable: earlier stacks still wait for the GIL",
+                    id
+                );
             }
             None => {
                 ngx_log_error!(

@@ -19,7 +19,7 @@ use ngx::ffi::*;
 use ngx::ngx_log_error;
 use std::ffi::c_void;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -134,15 +134,29 @@ unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>) {
 
 /// The Python stack of `thread`, formatted on a short-lived thread that the caller does
 /// not wait for: the result comes through the receiver (None if no thread could start).
+/// At most STACKS_AT_ONCE such threads wait for the GIL at a time: if it stays taken
+/// (a C extension holding it), later reports go without a stack instead of piling up
+/// threads.
 pub fn python_stack_later(thread: u64) -> Option<mpsc::Receiver<Result<Option<String>, String>>> {
+    const STACKS_AT_ONCE: usize = 4;
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
     let runtime = crate::worker::get()?.runtime;
+    if WAITING.fetch_add(1, Ordering::AcqRel) >= STACKS_AT_ONCE {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("rwsgi-stack".into())
         .spawn(move || {
-            let _ = tx.send(runtime.thread_stack(thread));
-        })
-        .ok()?;
+            let stack = runtime.thread_stack(thread);
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(stack);
+        });
+    if spawned.is_err() {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
     Some(rx)
 }
 
