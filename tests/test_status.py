@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 
 import pytest
@@ -215,3 +216,34 @@ def test_nginx_reload_keeps_the_counts(status_server):
     doc = status_json(srv)
     assert app_of(doc, "/hello")["requests"]["2xx"] == 4
     assert doc["start_time"] == start
+
+
+def test_in_flight_while_the_app_runs(status_server):
+    srv = status_server
+    done = []
+    t = threading.Thread(target=lambda: done.append(http.get(srv.port, "/sleep?t=1.2&token=inflight")))
+    t.start()
+    assert srv.wait_marker("inflight.sleeping", 5)
+    assert app_of(status_json(srv), "/sleep")["in_flight"] == 1
+    t.join()
+    assert done[0].status == 200
+    assert app_of(status_json(srv), "/sleep")["in_flight"] == 0
+
+
+@pytest.mark.only("nginx")  # wsgi_max_queue; Apache queues connections in its listener
+def test_queue_full_counted(make_server):
+    srv = make_server(MOUNTS, workers=1, threads=1, max_queue=1, **status_config("nginx"))
+    results = []
+    first = threading.Thread(target=lambda: results.append(http.get(srv.port, "/sleep?t=1.2&token=q1")))
+    first.start()
+    assert srv.wait_marker("q1.sleeping", 5)
+    second = threading.Thread(target=lambda: results.append(http.get(srv.port, "/sleep?t=0.1")))
+    second.start()
+    time.sleep(0.3)  # waits in the queue (size 1)
+    assert http.get(srv.port, "/sleep?t=0.1").status == 503
+    first.join()
+    second.join()
+    sleep = app_of(status_json(srv), "/sleep")
+    assert sleep["queue_full"] == 1
+    assert sleep["requests"]["5xx"] == 1 and sleep["requests"]["2xx"] == 2
+    assert sleep["in_flight"] == 0
