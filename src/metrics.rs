@@ -145,11 +145,18 @@ impl Metrics {
     fn find_or_claim(&self, name: &str) -> Option<usize> {
         let name = cut(name);
         for (i, slot) in self.shared.apps.iter().enumerate() {
+            // A slot being named is done within a few stores; one whose process died in
+            // between stays unusable, and is passed over instead of waited for forever.
+            let mut spins = 0u32;
             loop {
                 match slot.state.load(Acquire) {
                     NAMED if slot.name() == name => return Some(i),
                     NAMED => break,
-                    CLAIMING => std::hint::spin_loop(),
+                    CLAIMING if spins > 100_000 => break,
+                    CLAIMING => {
+                        spins += 1;
+                        std::hint::spin_loop();
+                    }
                     _ => {
                         if slot
                             .state

@@ -247,3 +247,16 @@ def test_queue_full_counted(make_server):
     assert sleep["queue_full"] == 1
     assert sleep["requests"]["5xx"] == 1 and sleep["requests"]["2xx"] == 2
     assert sleep["in_flight"] == 0
+
+
+@pytest.mark.only("nginx")  # nginx imports every app when a worker starts
+def test_import_failures_counted(make_server):
+    srv = make_server(MOUNTS + [Mount("/broken", "errors_app.py", callable="no_such_callable")],
+                      workers=2, **status_config("nginx"))
+    assert wait_until(lambda: status_json(srv)["worker_starts"] == 2, 10)
+    assert wait_until(lambda: app_of(status_json(srv), "/broken")["import_failures"] == 2, 10), \
+        status_json(srv)
+    assert http.get(srv.port, "/broken").status == 500
+    doc = status_json(srv)
+    assert app_of(doc, "/broken")["requests"]["5xx"] == 1
+    assert app_of(doc, "/hello")["import_failures"] == 0

@@ -68,6 +68,11 @@ pub unsafe fn child_init(s: *mut server_rec, stuck_after: Option<u64>) {
         // mapped for the child's life (the config pool outlives the children).
         let metrics = unsafe { Metrics::attach(base) };
         metrics.worker_started();
+        // Every WSGIScriptAlias shows on the page from the start, requests or not.
+        // SAFETY: s heads httpd's server list (the contract).
+        for mount in unsafe { alias_mounts(s) } {
+            let _ = metrics.app(&mount);
+        }
         let _ = METRICS.set(metrics);
     }
     let every = Duration::from_secs(stuck_after.unwrap_or(DEFAULT_STUCK_AFTER));
@@ -84,6 +89,34 @@ pub unsafe fn child_init(s: *mut server_rec, stuck_after: Option<u64>) {
             )
         };
     }
+}
+
+/// The URL prefixes of every server's WSGIScriptAlias ("/" for the root).
+///
+/// # Safety
+/// `s` heads httpd's server list; the configs are read-only now.
+unsafe fn alias_mounts(s: *mut server_rec) -> Vec<String> {
+    let mut mounts = Vec::new();
+    let mut server = s as *const server_rec;
+    while !server.is_null() {
+        // SAFETY: a live server_rec of httpd's list, its config in the config pool.
+        if let Some(conf) = unsafe { crate::config::server(server) } {
+            for alias in &conf.aliases {
+                if let crate::config::Pattern::Prefix(prefix) = &alias.pattern {
+                    let mount = match prefix.trim_end_matches('/') {
+                        "" => "/".to_string(),
+                        m => m.to_string(),
+                    };
+                    if !mounts.contains(&mount) {
+                        mounts.push(mount);
+                    }
+                }
+            }
+        }
+        // SAFETY: as above; next is NULL or the next live server_rec.
+        server = unsafe { (*server).next };
+    }
+    mounts
 }
 
 /// The counters of the app mounted at `name`.

@@ -46,6 +46,10 @@ pub unsafe fn attach_metrics(mc: &MainConf) {
     // SAFETY: base is the block init_zone set up, mapped for the worker's whole life.
     let metrics = unsafe { Metrics::attach(base) };
     metrics.worker_started();
+    // Every configured app shows on the page from the start, requests or not.
+    for (name, _) in &mc.mounts {
+        let _ = metrics.app(name);
+    }
     let _ = METRICS.set(metrics);
 }
 
