@@ -260,3 +260,16 @@ def test_import_failures_counted(make_server):
     doc = status_json(srv)
     assert app_of(doc, "/broken")["requests"]["5xx"] == 1
     assert app_of(doc, "/hello")["import_failures"] == 0
+
+
+@pytest.mark.only("nginx")  # nginx notices the client leaving while the app runs
+def test_client_abort_counted(status_server):
+    srv = status_server
+    c = http.Conn(srv.port)
+    c.send(http.build_request("GET", "/sleep?t=1&token=abort", None, [], host=f"127.0.0.1:{srv.port}"))
+    assert srv.wait_marker("abort.sleeping", 5)
+    c.close()
+    assert wait_until(lambda: app_of(status_json(srv), "/sleep")["client_aborts"] == 1, 5), \
+        status_json(srv)
+    sleep = app_of(status_json(srv), "/sleep")
+    assert sleep["in_flight"] == 0 and sum(sleep["requests"].values()) == 0
