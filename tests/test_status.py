@@ -249,10 +249,17 @@ def test_queue_full_counted(make_server):
     assert sleep["in_flight"] == 0
 
 
-@pytest.mark.only("nginx")  # nginx imports every app when a worker starts
-def test_import_failures_counted(make_server):
-    srv = make_server(MOUNTS + [Mount("/broken", "errors_app.py", callable="no_such_callable")],
-                      workers=2, **status_config("nginx"))
+def test_import_failures_counted(kind, make_server):
+    """nginx imports every app when a worker starts; Apache the scripts it preloads (an
+    alias naming both groups, as mod_wsgi does)."""
+    config = status_config(kind)
+    if kind == "nginx":
+        mounts = MOUNTS + [Mount("/broken", "errors_app.py", callable="no_such_callable")]
+    else:
+        mounts = MOUNTS
+        config["extra"].append("WSGIScriptAlias /broken {apps}/errors_app.py process-group=%{GLOBAL} "
+                               "application-group=%{GLOBAL} callable-object=no_such_callable")
+    srv = make_server(mounts, workers=2, **config)
     assert wait_until(lambda: status_json(srv)["worker_starts"] == 2, 10)
     assert wait_until(lambda: app_of(status_json(srv), "/broken")["import_failures"] == 2, 10), \
         status_json(srv)

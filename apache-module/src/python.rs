@@ -99,8 +99,8 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
 /// # Safety
 /// `s` heads httpd's server list.
 unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
-    // (spec, Some(application group) for WSGIImportScript)
-    let mut scripts: Vec<(AppSpec, Option<String>)> = Vec::new();
+    // (spec, Some(application group) for WSGIImportScript, Some(mount) for an alias)
+    let mut scripts: Vec<(AppSpec, Option<String>, Option<String>)> = Vec::new();
     let mut server = s as *const server_rec;
     while !server.is_null() {
         // SAFETY: server is a live server_rec of httpd's list; its configs live in the
@@ -113,19 +113,28 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
                 // made by their directives.
                 let settings = unsafe { Effective::resolve(&defaults, None) };
                 let group = Some(import.application_group.clone());
-                scripts.push((spec(PathBuf::from(&import.path), &settings, conf), group));
+                let script = spec(PathBuf::from(&import.path), &settings, conf);
+                scripts.push((script, group, None));
             }
             for alias in conf.aliases.iter().filter(|a| a.options.preload) {
                 // SAFETY: as above.
                 let settings = unsafe { Effective::resolve(&defaults, Some(&alias.options)) };
-                scripts.push((spec(PathBuf::from(&alias.target), &settings, conf), None));
+                let mount = match &alias.pattern {
+                    config::Pattern::Prefix(p) => match p.trim_end_matches('/') {
+                        "" => Some("/".to_string()),
+                        m => Some(m.to_string()),
+                    },
+                    config::Pattern::Regex(_) => None,
+                };
+                let script = spec(PathBuf::from(&alias.target), &settings, conf);
+                scripts.push((script, None, mount));
             }
         }
         // SAFETY: as above; next is NULL or the next live server_rec.
         server = unsafe { (*server).next };
     }
     let mut seen: Vec<&AppSpec> = Vec::new();
-    for (spec, import_group) in &scripts {
+    for (spec, import_group, mount) in &scripts {
         if seen.contains(&spec) {
             continue;
         }
@@ -147,6 +156,9 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
                 ),
             ),
             Err(e) => {
+                if let Some(app) = mount.as_deref().and_then(crate::status::app_metrics) {
+                    app.import_failed();
+                }
                 log::main_server(Level::Error, &format!("mod_rwsgi: failed to load {path}:"));
                 for line in e.traceback.lines() {
                     log::main_server(Level::Error, line);
