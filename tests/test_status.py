@@ -160,6 +160,7 @@ def test_html_page(status_server):
     r = http.get(srv.port, "/rwsgi-status")
     assert r.status == 200
     assert r.header("Content-Type").startswith("text/html")
+    assert r.header("Cache-Control") == "no-store"
     page = r.body.decode()
     assert "<h1>rwsgi status</h1>" in page
     assert re.search(r"<td>/hello</td><td>3</td><td>0</td><td>0</td><td>3</td>", page), page

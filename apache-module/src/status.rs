@@ -153,6 +153,12 @@ pub fn serve(req: Req<'_>) -> c_int {
     unsafe {
         let content_type = crate::apr::pstr(req.pool(), format.content_type().as_bytes());
         ap_set_content_type(r, content_type);
+        // The counters change with every request: no cache may keep a copy.
+        apr_table_setn(
+            (*r).headers_out,
+            c"Cache-Control".as_ptr(),
+            c"no-store".as_ptr(),
+        );
         ap_set_content_length(r, body.len() as apr_off_t);
     }
     if !req.header_only() {

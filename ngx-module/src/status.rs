@@ -63,13 +63,18 @@ unsafe fn send(r: *mut ngx_http_request_t) -> ngx_int_t {
         let out = &mut (*r).headers_out;
         out.status = NGX_HTTP_OK as ngx_uint_t;
         out.content_length_n = body.len() as off_t;
-        out.content_type = ngx_str_t {
-            len: content_type.len(),
-            data: content_type.as_ptr() as *mut u8,
-        };
+        out.content_type = static_str(content_type);
         out.content_type_len = content_type.find(';').unwrap_or(content_type.len());
         out.content_type_lowcase = std::ptr::null_mut();
-        // Counters change with every request: never cached.
+        // The counters change with every request: no cache may keep a copy.
+        let h = ngx_list_push(&mut out.headers) as *mut ngx_table_elt_t;
+        if h.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*h).hash = 1;
+        (*h).key = static_str("Cache-Control");
+        (*h).value = static_str("no-store");
+        (*h).lowcase_key = std::ptr::null_mut();
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             return rc;
@@ -86,5 +91,13 @@ unsafe fn send(r: *mut ngx_http_request_t) -> ngx_int_t {
         (*link).buf = b;
         (*link).next = std::ptr::null_mut();
         ngx_http_output_filter(r, link)
+    }
+}
+
+/// An nginx string over static bytes (nginx only reads it).
+fn static_str(s: &'static str) -> ngx_str_t {
+    ngx_str_t {
+        len: s.len(),
+        data: s.as_ptr() as *mut u8,
     }
 }
