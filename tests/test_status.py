@@ -281,3 +281,25 @@ def test_client_abort_counted(status_server):
         status_json(srv)
     sleep = app_of(status_json(srv), "/sleep")
     assert sleep["in_flight"] == 0 and sum(sleep["requests"].values()) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "100000"])
+def test_stuck_after_values_checked(kind, new_server, value):
+    s = new_server()
+    if kind == "nginx":
+        ok, out = s.check_config(MOUNTS, http_extra=[f"wsgi_stuck_after {value};"])
+        assert not ok and "wsgi_stuck_after" in out and value in out, out
+    else:
+        ok, out = s.check_config(MOUNTS, extra=[f"WSGIStuckAfter {value}"])
+        assert not ok and "WSGIStuckAfter" in out and value in out, out
+
+
+@pytest.mark.only("nginx")
+def test_status_location_runs_no_app(new_server):
+    s = new_server()
+    ok, out = s.check_config(MOUNTS, server_extra=["location /x { wsgi_status; wsgi_app {apps}/hello.py; }"])
+    assert not ok and "wsgi_status" in out, out
+    ok, out = s.check_config(MOUNTS, server_extra=["location /x { wsgi_app {apps}/hello.py; wsgi_status; }"])
+    assert not ok and "content handler" in out, out
+    ok, out = s.check_config(MOUNTS, server_extra=["location /x { wsgi_status; }"])
+    assert ok, out

@@ -63,6 +63,8 @@ pub struct LocConf {
     pub app: Option<Arc<AppSpec>>,
     /// The app's name on the status page: its mount ("/" for the root).
     pub metrics_name: String,
+    /// `wsgi_status`: the location is the status page.
+    pub status: bool,
     /// Its counters, looked up once per worker (the conf is the worker's own copy).
     metrics: std::sync::OnceLock<Option<&'static rwsgi::metrics::AppCounters>>,
 }
@@ -280,6 +282,9 @@ unsafe extern "C" fn set_app(
         } else {
             String::new()
         };
+        if lc.status {
+            return d.refuse("wsgi_app: this location is a wsgi_status page");
+        }
         lc.app_value = Some(value);
         clcf.handler = Some(wsgi_content_handler);
         // SAFETY: cf is live (the contract above).
@@ -290,10 +295,10 @@ unsafe extern "C" fn set_app(
 unsafe extern "C" fn set_status(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: the directive handlers' contract (above).
-    let mut d = unsafe { Directive::new(cf) };
+    let (mut d, lc) = unsafe { (Directive::new(cf), &mut *(conf as *mut LocConf)) };
     d.run("wsgi_status", |d| {
         // SAFETY: cf is live (the contract above).
         let Some(clcf) = NgxHttpCoreModule::location_conf_mut(unsafe { &*d.cf }) else {
@@ -302,6 +307,7 @@ unsafe extern "C" fn set_status(
         if clcf.handler.is_some() {
             return d.refuse("wsgi_status: this location has a content handler already");
         }
+        lc.status = true;
         clcf.handler = Some(crate::status::status_handler);
         // SAFETY: cf is live (the contract above).
         unsafe { add_zone(d.cf) }
