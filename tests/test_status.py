@@ -303,3 +303,17 @@ def test_status_location_runs_no_app(new_server):
     assert not ok and "content handler" in out, out
     ok, out = s.check_config(MOUNTS, server_extra=["location /x { wsgi_status; }"])
     assert ok, out
+
+
+@pytest.mark.only("apache")
+def test_apache_graceful_restart_starts_new_counters(status_server):
+    srv = status_server
+    for _ in range(3):
+        assert http.get(srv.port, "/hello").status == 200
+    srv.reload()
+    # The new generation's children count in a new segment: from zero, both listed.
+    assert wait_until(lambda: status_json(srv)["worker_starts"] == 2, 10), status_json(srv)
+    assert http.get(srv.port, "/hello").status == 200
+    doc = status_json(srv)
+    assert app_of(doc, "/hello")["requests"]["2xx"] == 1
+    assert app_of(doc, "/sleep")["requests_total"] == 0
