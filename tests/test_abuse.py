@@ -1,5 +1,7 @@
 """Bad input from clients: oversized headers, URIs and bodies get a 4xx from the server,
 and many slow clients do not starve the others."""
+import json
+import re
 import resource
 import socket
 import time
@@ -20,10 +22,17 @@ def test_oversized_header_is_4xx(server):
     assert get(server.port, "/hello").status == 200
 
 
-def test_many_headers_is_4xx_or_served(server):
+def test_many_headers(server, kind):
+    """300 headers of 50 bytes: within nginx's header buffers (all reach the app), past
+    Apache's LimitRequestFields (100: refused with 400 before the app runs)."""
     hs = [(f"X-H{i}", "v" * 50) for i in range(300)]
     r = request(server.port, "GET", "/env", headers=hs)
-    assert r.status == 200 or 400 <= r.status < 500, r
+    if kind == "nginx":
+        assert r.status == 200, r
+        env = json.loads(r.body)
+        assert all(env.get(f"HTTP_X_H{i}") == "v" * 50 for i in range(300))
+    else:
+        assert r.status == 400, r
     assert get(server.port, "/hello").status == 200
 
 
@@ -37,7 +46,7 @@ def test_garbage_request_line(server):
     with Conn(server.port, timeout=10) as c:
         c.send(b"\x00\x01\x02 not http at all\r\n\r\n")
         data = c.read_to_eof()
-    assert data == b"" or data.startswith(b"HTTP/1.1 400") or data.startswith(b"HTTP/1.0 400"), data[:100]
+    assert re.match(rb"HTTP/1\.[01] 400 ", data), data[:100]
     assert get(server.port, "/hello").status == 200
 
 

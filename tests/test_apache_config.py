@@ -164,6 +164,11 @@ def test_mod_wsgi_config_runs_unchanged_with_the_same_environ(apache):
     assert got["GET /myapp"]["mod_wsgi.application_group"] == "127.0.0.1:<port>|/myapp"
     assert got["/other"][0] == 200 and got["/static/static.txt"] == [200, "static file\n"]
     assert got["/denied"][0] == 403 and got["/gone"][0] == 404
+    # and for the reasons they stand for: httpd's access rules, mod_rwsgi's missing script
+    log = ours.error_log()
+    assert re.search(r"client denied by server configuration: \S*/private/secret\.py", log), log
+    assert re.search(r"mod_rwsgi: target WSGI script not found or unable to stat: "
+                     r"\S*/no_such_script\.wsgi", log), log
     assert got["/anything/else"] == [200, "Hello, world!\n"]
     assert "mod_rwsgi: every WSGI application group runs in the main Python interpreter" \
         in ours.error_log()
@@ -197,30 +202,49 @@ def line_of(text: str, needle: str) -> int:
 
 BAD = [
     # (directive lines, needle on the failing line, what the message must say)
+    # Every refusal starts with the directive's name and the daemon-mode ones all end
+    # with the same advice (which names WSGIDaemonProcess and WSGIProcessGroup), so each
+    # pattern matches the reason proper, up to the value that is wrong.
     (["WSGIDaemonProcess site processes=2 threads=15"], "WSGIDaemonProcess",
-     r"daemon mode is not supported by mod_rwsgi yet"),
-    (["WSGIProcessGroup site"], "WSGIProcessGroup", r"daemon mode is not supported by mod_rwsgi yet"),
+     r"WSGIDaemonProcess: daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIProcessGroup site"], "WSGIProcessGroup",
+     r"WSGIProcessGroup: process group \"site\": daemon mode is not supported"),
     (["WSGIScriptAlias /p {apps}/hello.py process-group=site"], "process-group=site",
-     r"daemon mode is not supported by mod_rwsgi yet"),
-    (["WSGIRestrictEmbedded On"], "WSGIRestrictEmbedded", r"embedded mode"),
-    (["WSGIScriptAlias /x"], "WSGIScriptAlias /x", r"expected a URL path and a script file"),
-    (["WSGIScriptAlias noslash {apps}/hello.py"], "noslash", r"must begin with /"),
-    (["WSGIScriptAlias /t {apps}/hello.py threads=3"], "threads=3", r"unknown option \"threads\""),
-    (["WSGIScriptAlias /t {apps}/hello.py pass-authorization=maybe"], "maybe", r"must be On or Off"),
-    (["WSGIScriptAlias /t {apps}/ "], "WSGIScriptAlias /t", r"is a directory"),
-    (["WSGIScriptAliasMatch ^/(x {apps}/hello.py"], "^/(x", r"could not be compiled"),
-    (["WSGIScriptAliasMatch ^/(\\w+) {apps}/$2.py"], "$2.py", r"refers to \$2 .*1 capture group"),
-    (["WSGIPythonHome /nonexistent/python/home"], "WSGIPythonHome", r"is not a directory"),
+     r"WSGIScriptAlias: process group \"site\": daemon mode is not supported"),
+    (["WSGIRestrictEmbedded On"], "WSGIRestrictEmbedded",
+     r"On would forbid embedded mode, the only mode mod_rwsgi has"),
+    (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
+     r"expected a URL path and a script file: WSGIScriptAlias URL-path FILE"),
+    (["WSGIScriptAlias noslash {apps}/hello.py"], "noslash",
+     r"URL path \"noslash\" must begin with /"),
+    (["WSGIScriptAlias /t {apps}/hello.py threads=3"], "threads=3",
+     r"unknown option \"threads\": expected one of process-group=\.\.\."),
+    (["WSGIScriptAlias /t {apps}/hello.py pass-authorization=maybe"], "maybe",
+     r"pass-authorization must be On or Off, not \"maybe\""),
+    (["WSGIScriptAlias /t {apps}/ "], "WSGIScriptAlias /t",
+     r"\"{apps}/\" is a directory: mapping a URL to a directory of WSGI scripts is not supported"),
+    (["WSGIScriptAliasMatch ^/(x {apps}/hello.py"], "^/(x",
+     r"regular expression \"\^/\(x\" could not be compiled"),
+    (["WSGIScriptAliasMatch ^/(\\w+) {apps}/$2.py"], "$2.py",
+     r"refers to \$2 but \"\^/\(\\\\w\+\)\" has only 1 capture group"),
+    (["WSGIPythonHome /nonexistent/python/home"], "WSGIPythonHome",
+     r"\"/nonexistent/python/home\" is not a directory"),
+    # httpd's own wording (mod_rwsgi passes ap_check_cmd_context's message on)
     (["<VirtualHost 127.0.0.1:1>", "WSGIPythonPath /tmp", "</VirtualHost>"], "WSGIPythonPath",
-     r"cannot occur within <VirtualHost>"),
-    (["WSGIPassAuthorization maybe"], "WSGIPassAuthorization", r"must be On or Off"),
-    (["WSGIMapHEADToGET Sometimes"], "WSGIMapHEADToGET", r"Off, On, Auto"),
-    (["WSGIApplicationGroup %{BOGUS}"], "WSGIApplicationGroup", r"unknown application group"),
-    (["WSGICallableObject 1app"], "WSGICallableObject", r"not a Python name"),
+     r"WSGIPythonPath cannot occur within <VirtualHost> section"),
+    # httpd's own FLAG parsing
+    (["WSGIPassAuthorization maybe"], "WSGIPassAuthorization",
+     r"WSGIPassAuthorization must be On or Off"),
+    (["WSGIMapHEADToGET Sometimes"], "WSGIMapHEADToGET",
+     r"must be one of Off, On, Auto, not \"Sometimes\""),
+    (["WSGIApplicationGroup %{BOGUS}"], "WSGIApplicationGroup",
+     r"unknown application group \"%\{BOGUS\}\""),
+    (["WSGICallableObject 1app"], "WSGICallableObject",
+     r"\"1app\" is not a Python name for the WSGI callable"),
     (["WSGIImportScript {apps}/hello.py application-group=%{NOPE}"], "WSGIImportScript",
-     r"unknown application group"),
+     r"unknown application group \"%\{NOPE\}\""),
     (["WSGIImportScript {apps}/hello.py process-group=site"], "WSGIImportScript",
-     r"daemon mode is not supported"),
+     r"WSGIImportScript: process group \"site\": daemon mode is not supported"),
 ]
 
 
@@ -239,6 +263,7 @@ def test_wrong_value_fails_config_test(apache, lines, needle, words):
     line = line_of(text, s.expand(needle))
     assert re.search(rf"line {line} of {re.escape(str(s.conf_path))}", out), \
         f"message does not name {s.conf_path} line {line}:\n{out}"
+    words = words.replace("{apps}", re.escape(str(s.apps_dir)))
     assert re.search(words, out), f"message does not say {words!r}:\n{out}"
 
 
@@ -269,7 +294,12 @@ def test_mod_wsgi_and_mod_rwsgi_together_fail(apache, order):
     assert re.search(r"mod_wsgi\.c \(wsgi_module\) is loaded too.*load only one of them", out, re.S), out
     # with a WSGI directive the refusal names its line too
     lines.append(f"WSGIScriptAlias /a {s.apps_dir}/hello.py")
-    ok, out = s.check_text("\n".join(lines) + "\n")
-    assert not ok and "load only one of them" in out, out
+    text = "\n".join(lines) + "\n"
+    ok, out = s.check_text(text)
+    assert not ok, out
+    line = line_of(text, "WSGIScriptAlias /a")
+    assert re.search(rf"line {line} of {re.escape(str(s.conf_path))}:\s*WSGIScriptAlias: "
+                     r"mod_wsgi\.c \(wsgi_module\) is loaded too.*load only one of them",
+                     out), out
     with pytest.raises(ServerError):
         s.start_text("\n".join(lines) + "\n")

@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import tempfile
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import pytest
 from harness.apache import MODDIR, ApacheServer
 from harness.common import HOST, pid_alive, wait_until
 from harness.http import Conn, build_request, encode_chunked, get, request
+from harness.wheel import build_wheel
 
 # Left out of the validated pass (RWSGI_VALIDATE=1 in `make test`):
 # Apache runtime features: hand-written configs, not harness mounts.
@@ -73,38 +73,21 @@ VENV_APP = """\
     """
 
 
-def local_wheel(where: Path, package: str, init: str) -> Path:
-    """A pure-Python wheel holding `package` (its __init__.py is `init`), written by hand:
-    pip installs a wheel without a build backend, and a venv of Python 3.12+ has no
-    setuptools to build one from a setup.py."""
-    name, version = package.replace("_", "-"), "1.0"
-    info = f"{package}-{version}.dist-info"
-    files = {
-        f"{package}/__init__.py": init.encode(),
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: rwsgi-tests\nRoot-Is-Purelib: true\n"
-                         b"Tag: py3-none-any\n",
-    }
-
-    def digest(data: bytes) -> str:
-        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-    record = "".join(f"{n},sha256={digest(d)},{len(d)}\n" for n, d in files.items())
-    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
-    wheel = where / f"{package}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        for n, d in files.items():
-            z.writestr(n, d)
-    return wheel
-
-
 def test_python_home_venv_with_pip_installed_package(apache):
     s = apache()
     venv = s.run / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
-    wheel = local_wheel(s.run, "rwsgi_localpkg", 'MESSAGE = "installed by pip"\n')
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", str(wheel)],
-                   check=True, timeout=120, capture_output=True)
+    # As in a venv of Python 3.12+, which has pip but no setuptools (a no-op there).
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y",
+                    "setuptools"], check=True, timeout=120, capture_output=True)
+    # A wheel, not a setup.py project: installing it needs no build backend (so no
+    # setuptools) and no network.
+    wheel = build_wheel(s.run / "dist", "rwsgi-localpkg", "1.0",
+                        {"rwsgi_localpkg/__init__.py": 'MESSAGE = "installed by pip"\n'})
+    p = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index",
+                        "--disable-pip-version-check", str(wheel)],
+                       timeout=120, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
     for root, dirs, files in os.walk(s.run):
         for d in dirs:
             Path(root, d).chmod(0o755)
@@ -199,8 +182,14 @@ def test_script_alias_match_substitutes_groups(apache):
     assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == \
         ("/apps/environ_app", "/x/y", "q=1")
     assert env["SCRIPT_FILENAME"] == f"{s.apps_dir}/environ_app.py"
+    mark, _ = s.log_mark()
     assert get(s.port, "/apps/no_such_app").status == 404
+    # the pattern matched, and the script it names is missing (not an unmatched URL)
+    assert s.wait_error_log(r"mod_rwsgi: target WSGI script not found or unable to stat: "
+                            rf"{re.escape(str(s.apps_dir))}/no_such_app\.py", mark), s.log_tail()
+    mark, _ = s.log_mark()
     assert get(s.port, "/other").status == 404
+    assert "mod_rwsgi" not in s.error_log(mark), "an unmatched URL reached mod_rwsgi"
 
 
 def test_addhandler_wsgi_script_needs_execcgi(apache):
@@ -220,7 +209,10 @@ def test_addhandler_wsgi_script_needs_execcgi(apache):
     assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == \
         ("/h/app.wsgi", "/extra/path", "x=1")
     assert env["mod_wsgi.request_handler"] == "wsgi-script"
+    mark, _ = s.log_mark()
     assert get(s.port, "/noexec/app.wsgi").status == 403
+    assert s.wait_error_log(r"mod_rwsgi: Options ExecCGI is off in this directory: "
+                            rf"{re.escape(str(s.run))}/noexec/app\.wsgi", mark), s.log_tail()
 
 
 # ---------------------------------------------------------------- environ extras

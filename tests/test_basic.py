@@ -308,3 +308,21 @@ def test_head_goes_out_as_latin1(server):
     assert head.startswith(b"HTTP/1.1 200 Caf\xe9\r\n"), head[:40]
     assert b"\r\nX-Name: caf\xe9\r\n" in head, head
     assert "\xc3".encode("latin-1") not in head, "a character went out as UTF-8"
+
+
+def test_uri_past_the_mount_is_not_the_apps(server):
+    """`location /hello` (like `WSGIScriptAlias /hello`) mounts at a path segment:
+    /hellox is not under it and never reaches the app."""
+    assert get(server.port, "/hello").status == 200
+    r = get(server.port, "/hellox/y")
+    assert r.status == 404 and b"Hello, world" not in r.body, r
+
+
+@pytest.mark.only("nginx")
+def test_dechunked_body_has_no_transfer_encoding(server):
+    """nginx reads a chunked body whole and hands it over with its length: the environ
+    says CONTENT_LENGTH, not Transfer-Encoding: chunked."""
+    r = request(server.port, "POST", "/env/x", body=b"a" * 5000, chunked=True)
+    env = env_of(r)
+    assert env["CONTENT_LENGTH"] == "5000"
+    assert "HTTP_TRANSFER_ENCODING" not in env

@@ -75,12 +75,14 @@ def test_wsgi_app_outside_location_rejected(new_server):
     assert_rejected(s, ok, out, "wsgi_app /srv/app.py", r"not allowed|directive")
 
 
+# Every refusal starts with the directive's name: each pattern matches mod_rwsgi's reason.
 APACHE_BAD = [
     (["WSGIDaemonProcess site processes=2 threads=4"], "WSGIDaemonProcess",
-     r"daemon mode is not supported by mod_rwsgi yet"),
-    (["WSGIScriptAlias /x"], "WSGIScriptAlias /x", r"expected a URL path and a script file"),
+     r"WSGIDaemonProcess: daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
+     r"WSGIScriptAlias: expected a URL path and a script file"),
     (["WSGIScriptAlias /y {apps}/hello.py bogus-option=1"], "bogus-option",
-     r"unknown option \"bogus-option\""),
+     r"WSGIScriptAlias: unknown option \"bogus-option\""),
     (["WSGIScriptAlias /z {apps}/hello.py callable-object=1app"], "callable-object=1app",
      r"not a Python name"),
 ]

@@ -234,3 +234,25 @@ def test_shutdown_timeout_releases_request_stuck_in_python(make_server):
     assert "in application" in log and "time.sleep(t)" in log, \
         f"no Python stack of the stuck request in the error log:\n{log}"
     assert get(s.port, "/hello").status == 200
+
+
+@pytest.mark.only("nginx")  # Apache's MPM owns its threads
+def test_default_pool_grows_for_requests_that_wait(make_server):
+    """Without wsgi_threads, a worker's pool grows while requests wait on I/O: 64 requests
+    that each sleep 0.5 s finish together, where 16 fixed threads would need four rounds
+    (2 s)."""
+    s = make_server(MOUNTS, workers=1)
+    results = []
+
+    def one():
+        results.append(get(s.port, "/sleep?t=0.5", timeout=20).status)
+
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    took = time.monotonic() - t
+    assert results == [200] * 64, results
+    assert took < 1.6, f"64 sleeping requests took {took:.2f} s"

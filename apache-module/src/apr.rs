@@ -102,8 +102,9 @@ pub unsafe fn insert_tail(bb: *mut apr_bucket_brigade, e: *mut apr_bucket) {
 /// # Safety
 /// `bb` is a live brigade that nobody else modifies during the iteration.
 pub unsafe fn buckets(bb: *mut apr_bucket_brigade) -> impl Iterator<Item = *mut apr_bucket> {
-    // SAFETY: per the caller's contract the ring is well formed and stable.
+    // SAFETY: per the caller's contract bb is live; only an address is computed.
     let head = unsafe { sentinel(bb) };
+    // SAFETY: per the caller's contract the ring is well formed and stable.
     let mut next = unsafe { (*bb).list.next };
     std::iter::from_fn(move || {
         if next == head {

@@ -13,6 +13,9 @@ use std::sync::Arc;
 /// Largest block asked from httpd in one call.
 const MAX_READ: usize = 64 * 1024;
 
+/// The request body of one request. `read` waits for the request's [`Live`] lock and for
+/// the client, so the engine only calls it with the GIL released (see
+/// [`crate::sink::ApacheSink`] for the whole contract).
 pub struct ApacheBody {
     live: Arc<Live>,
     /// The Content-Length of a body that is not chunked: HTTP_IN delivers exactly that.
@@ -78,63 +81,90 @@ unsafe fn read_into(state: &mut State, buf: &mut [u8]) -> io::Result<usize> {
     if state.input_done {
         return Ok(0);
     }
-    // SAFETY (rest of the function): r, its connection and filters are live; the brigade
-    // is created in the request pool and only used under the lock.
-    unsafe {
-        let r = state.r;
-        if state.input.is_null() {
-            state.input = apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc);
-        }
-        let bb = state.input;
-        loop {
-            let want = buf.len().min(MAX_READ) as apr_off_t;
-            let rv = ap_get_brigade(
+    let r = state.r;
+    if state.input.is_null() {
+        // SAFETY: r, its pool and connection are live (the contract); the brigade lives
+        // in the request pool and is only used under the Live lock.
+        state.input = unsafe { apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc) };
+    }
+    let bb = state.input;
+    loop {
+        let want = buf.len().min(MAX_READ) as apr_off_t;
+        // SAFETY: r and its input filter chain are live; bb is the request's (empty)
+        // input brigade. Blocks until the client sends something.
+        let rv = unsafe {
+            ap_get_brigade(
                 (*r).input_filters,
                 bb,
                 ap_input_mode_t_AP_MODE_READBYTES,
                 apr_read_type_e_APR_BLOCK_READ,
                 want,
-            );
-            if rv != APR_SUCCESS as apr_status_t {
-                apr_brigade_cleanup(bb.cast());
-                return Err(fail(
-                    state,
-                    ap_map_http_request_error(rv, HTTP_BAD_REQUEST as c_int),
-                ));
+            )
+        };
+        if rv != APR_SUCCESS as apr_status_t {
+            // SAFETY: bb is live.
+            unsafe { apr_brigade_cleanup(bb.cast()) };
+            return Err(fail(
+                state,
+                // SAFETY: a pure mapping of a status code.
+                unsafe { ap_map_http_request_error(rv, HTTP_BAD_REQUEST as c_int) },
+            ));
+        }
+        // SAFETY: bb is live and holds what the input filters just returned; nobody else
+        // uses it while we hold the Live lock.
+        let (n, error) = unsafe { drain_brigade(state, bb, buf) };
+        if let Some(status) = error {
+            return Err(fail(state, status));
+        }
+        if n > 0 || state.input_done {
+            return Ok(n);
+        }
+    }
+}
+
+/// Copies the data buckets of `bb` into `buf` (what does not fit into the leftover),
+/// notes EOS, stops at an error bucket (returning its status), and empties the brigade.
+///
+/// # Safety
+/// `bb` is a live brigade that nobody else touches meanwhile.
+unsafe fn drain_brigade(
+    state: &mut State,
+    bb: *mut apr_bucket_brigade,
+    buf: &mut [u8],
+) -> (usize, Option<c_int>) {
+    let mut n = 0;
+    let mut error = None;
+    // SAFETY: bb is live and stable during the walk (the contract).
+    for b in unsafe { buckets(bb) } {
+        // SAFETY: b is a live bucket of bb.
+        if unsafe { is_type(b, &raw const apr_bucket_type_eos) } {
+            state.input_done = true;
+            break;
+        }
+        // SAFETY: as above.
+        if unsafe { is_type(b, &raw const ap_bucket_type_error) } {
+            // SAFETY: an error bucket's data is its ap_bucket_error.
+            error = Some(unsafe { (*((*b).data as *const ap_bucket_error)).status });
+            break;
+        }
+        // SAFETY: b is a live bucket; its bytes are copied before the next bucket is
+        // read or the brigade cleaned up.
+        match unsafe { read_bucket(b, apr_read_type_e_APR_BLOCK_READ) } {
+            Ok(data) => {
+                let fit = data.len().min(buf.len() - n);
+                buf[n..n + fit].copy_from_slice(&data[..fit]);
+                n += fit;
+                state.leftover.extend_from_slice(&data[fit..]);
             }
-            let mut n = 0;
-            let mut error = None;
-            for b in buckets(bb) {
-                if is_type(b, &raw const apr_bucket_type_eos) {
-                    state.input_done = true;
-                    break;
-                }
-                if is_type(b, &raw const ap_bucket_type_error) {
-                    error = Some((*((*b).data as *const ap_bucket_error)).status);
-                    break;
-                }
-                match read_bucket(b, apr_read_type_e_APR_BLOCK_READ) {
-                    Ok(data) => {
-                        let fit = data.len().min(buf.len() - n);
-                        buf[n..n + fit].copy_from_slice(&data[..fit]);
-                        n += fit;
-                        state.leftover.extend_from_slice(&data[fit..]);
-                    }
-                    Err(_) => {
-                        error = Some(HTTP_BAD_REQUEST as c_int);
-                        break;
-                    }
-                }
-            }
-            apr_brigade_cleanup(bb.cast());
-            if let Some(status) = error {
-                return Err(fail(state, status));
-            }
-            if n > 0 || state.input_done {
-                return Ok(n);
+            Err(_) => {
+                error = Some(HTTP_BAD_REQUEST as c_int);
+                break;
             }
         }
     }
+    // SAFETY: bb is live; this destroys the buckets read above.
+    unsafe { apr_brigade_cleanup(bb.cast()) };
+    (n, error)
 }
 
 fn fail(state: &mut State, status: c_int) -> io::Error {

@@ -11,6 +11,7 @@ use crate::bindings::*;
 use crate::ffi::guard;
 use crate::module::module_index;
 use crate::options::MapHead;
+use crate::req::Req;
 use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
 use std::ptr;
@@ -61,6 +62,9 @@ pub struct ServerConfig {
     pub python_home: Option<PathBuf>,
     /// WSGIPythonPath (main server only), in front of sys.path for every app.
     pub python_path: Vec<String>,
+    /// WSGIStuckAfter (main server only): seconds after which a request still in the app
+    /// is logged with its Python stack.
+    pub stuck_after: Option<u64>,
 }
 
 /// Per-directory settings; None/NULL means "not set here, inherit".
@@ -70,7 +74,6 @@ pub struct DirConfig {
     pub application_group: *const c_char,
     pub pass_authorization: Option<bool>,
     pub script_reloading: Option<bool>,
-    pub chunked_request: Option<bool>,
     pub enable_sendfile: Option<bool>,
     pub map_head_to_get: Option<MapHead>,
 }
@@ -81,7 +84,6 @@ impl DirConfig {
         application_group: ptr::null(),
         pass_authorization: None,
         script_reloading: None,
-        chunked_request: None,
         enable_sendfile: None,
         map_head_to_get: None,
     };
@@ -93,7 +95,6 @@ impl DirConfig {
             application_group: pick(add.application_group, base.application_group),
             pass_authorization: add.pass_authorization.or(base.pass_authorization),
             script_reloading: add.script_reloading.or(base.script_reloading),
-            chunked_request: add.chunked_request.or(base.chunked_request),
             enable_sendfile: add.enable_sendfile.or(base.enable_sendfile),
             map_head_to_get: add.map_head_to_get.or(base.map_head_to_get),
         }
@@ -163,18 +164,17 @@ pub unsafe fn server_mut<'a>(s: *const server_rec) -> Option<&'a mut ServerConfi
     unsafe { (module_config((*s).module_config, module_index()) as *mut ServerConfig).as_mut() }
 }
 
-/// The merged per-directory config of a request.
-///
-/// # Safety
-/// `r` is a live request_rec whose per-directory walk is done.
-pub unsafe fn dir(r: *const request_rec) -> DirConfig {
-    // SAFETY: the slot holds a DirConfig from create/merge_dir_config (or NULL).
-    unsafe {
-        (module_config((*r).per_dir_config, module_index()) as *const DirConfig)
-            .as_ref()
-            .copied()
-            .unwrap_or(DirConfig::UNSET)
-    }
+/// The merged per-directory config of a request (the server's defaults until httpd's
+/// directory walk is done).
+pub fn dir(req: Req<'_>) -> DirConfig {
+    // SAFETY: the request is live (Req); per_dir_config is always a config vector with a
+    // slot for every module.
+    let slot = unsafe { module_config((*req.ptr()).per_dir_config, module_index()) };
+    // SAFETY: our slot holds NULL or a DirConfig from create/merge_dir_config, in a pool
+    // that outlives the request.
+    unsafe { (slot as *const DirConfig).as_ref() }
+        .copied()
+        .unwrap_or(DirConfig::UNSET)
 }
 
 /// The server-level directory defaults (directives outside any section).
@@ -207,10 +207,12 @@ pub unsafe extern "C" fn merge_server_config(
     add: *mut c_void,
 ) -> *mut c_void {
     guard("merge_server_config", add, || {
-        // SAFETY: both pointers come from create_server_config (or a previous merge).
-        let (Some(base), Some(add)) = (unsafe { (base as *const ServerConfig).as_ref() }, unsafe {
-            (add as *const ServerConfig).as_ref()
-        }) else {
+        // SAFETY: both pointers come from create_server_config (or a previous merge), or
+        // are NULL; the configs live in the config pool and are not changed meanwhile.
+        let base_conf = unsafe { (base as *const ServerConfig).as_ref() };
+        // SAFETY: as for base.
+        let add_conf = unsafe { (add as *const ServerConfig).as_ref() };
+        let (Some(base), Some(add)) = (base_conf, add_conf) else {
             return add;
         };
         let merged = ServerConfig {
@@ -223,6 +225,7 @@ pub unsafe extern "C" fn merge_server_config(
             imports: add.imports.clone(),
             python_home: base.python_home.clone(),
             python_path: base.python_path.clone(),
+            stuck_after: base.stuck_after,
         };
         // SAFETY: p is the config pool.
         unsafe { pool_box(p, merged) as *mut c_void }
@@ -242,10 +245,11 @@ pub unsafe extern "C" fn merge_dir_config(
     add: *mut c_void,
 ) -> *mut c_void {
     guard("merge_dir_config", add, || {
-        // SAFETY: both come from create_dir_config / merge_dir_config.
+        // SAFETY: both come from create_dir_config / merge_dir_config (or are NULL).
         let base = unsafe { (base as *const DirConfig).as_ref() }
             .copied()
             .unwrap_or(DirConfig::UNSET);
+        // SAFETY: as for base.
         let add = unsafe { (add as *const DirConfig).as_ref() }
             .copied()
             .unwrap_or(DirConfig::UNSET);

@@ -12,85 +12,150 @@ use crate::options::{
     parse_options, split_python_path, split_words, DAEMON_MODE_UNSUPPORTED,
 };
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::ptr;
 
 type Outcome = Result<(), String>;
 
-/// Runs a directive body: refuses to work next to mod_wsgi, turns panics and errors into
-/// an error string allocated in the command pool.
-unsafe fn run(cmd: *mut cmd_parms, body: impl FnOnce() -> Outcome) -> *const c_char {
-    let outcome = guard(
-        "a configuration directive",
-        Err("internal error, see the error log".into()),
-        || {
-            if let Some(other) = other_wsgi_module() {
-                return Err(format!(
-                "{other} is loaded too: mod_wsgi and mod_rwsgi both embed Python and own the WSGI* \
-                 directives; load only one of them"
-            ));
-            }
-            body()
-        },
-    );
-    match outcome {
-        Ok(()) => ptr::null(),
-        Err(message) => {
-            // SAFETY: cmd and cmd->cmd are live while the directive runs.
-            let name = unsafe { string((*(*cmd).cmd).name) }.unwrap_or_default();
-            let text = if message.starts_with(&name) {
-                message
-            } else {
-                format!("{name}: {message}")
-            };
-            // SAFETY: the command pool lives until httpd has reported the error.
-            unsafe { pstr((*cmd).pool, text.as_bytes()) }
+/// The directive httpd is reading: its cmd_parms, live for the directive call.
+#[derive(Clone, Copy)]
+struct Cmd<'a> {
+    cmd: *mut cmd_parms,
+    _live: PhantomData<&'a cmd_parms>,
+}
+
+impl<'a> Cmd<'a> {
+    /// # Safety
+    /// `cmd` is the live cmd_parms httpd passed to a directive function, used only during
+    /// that call.
+    unsafe fn new(cmd: *mut cmd_parms) -> Cmd<'a> {
+        Cmd {
+            cmd,
+            _live: PhantomData,
         }
+    }
+
+    /// Runs a directive body: refuses to work next to mod_wsgi, turns panics and errors
+    /// into an error string allocated in the command pool.
+    fn run(self, body: impl FnOnce() -> Outcome) -> *const c_char {
+        let outcome = guard(
+            "a configuration directive",
+            Err("internal error, see the error log".into()),
+            || {
+                if let Some(other) = other_wsgi_module() {
+                    return Err(format!(
+                    "{other} is loaded too: mod_wsgi and mod_rwsgi both embed Python and own the WSGI* \
+                     directives; load only one of them"
+                ));
+                }
+                body()
+            },
+        );
+        match outcome {
+            Ok(()) => ptr::null(),
+            Err(message) => {
+                let name = self.name();
+                let text = if message.starts_with(&name) {
+                    message
+                } else {
+                    format!("{name}: {message}")
+                };
+                // The command pool lives until httpd has reported the error.
+                self.copy(text.as_bytes())
+            }
+        }
+    }
+
+    /// The directive's name.
+    fn name(self) -> String {
+        // SAFETY: cmd and cmd->cmd (this directive's command_rec, with a static name) are
+        // live during the directive call (Cmd::new).
+        unsafe { string((*(*self.cmd).cmd).name) }.unwrap_or_default()
+    }
+
+    /// The configuration pool.
+    fn pool(self) -> *mut apr_pool_t {
+        // SAFETY: cmd is live (Cmd::new).
+        unsafe { (*self.cmd).pool }
+    }
+
+    /// The server block being configured.
+    fn server(self) -> *mut server_rec {
+        // SAFETY: cmd is live (Cmd::new).
+        unsafe { (*self.cmd).server }
+    }
+
+    /// `s` as a C string in the configuration pool (lives as long as the configuration).
+    fn copy(self, s: &[u8]) -> *const c_char {
+        // SAFETY: the configuration pool is live.
+        unsafe { pstr(self.pool(), s) }
+    }
+
+    /// Refuses the directive inside <VirtualHost>, <Directory>... (httpd's message).
+    fn global_only(self) -> Outcome {
+        // SAFETY: cmd is live; ap_check_cmd_context only reads it and returns NULL or a
+        // NUL-terminated message.
+        let err = unsafe { ap_check_cmd_context(self.cmd, GLOBAL_ONLY) };
+        if err.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-NULL message is a NUL-terminated string (static or in the pool).
+        let text = String::from_utf8_lossy(unsafe { bytes(err) });
+        Err(text.trim().to_string())
+    }
+
+    /// A path relative to ServerRoot made absolute (as httpd does for its own files).
+    fn server_relative(self, path: &str) -> Result<String, String> {
+        let c = std::ffi::CString::new(path).map_err(|_| "path contains a NUL byte".to_string())?;
+        // SAFETY: the pool is live; the result is NULL or a pool string.
+        let full = unsafe { ap_server_root_relative(self.pool(), c.as_ptr()) };
+        if full.is_null() {
+            return Err(format!("invalid path \"{path}\""));
+        }
+        // SAFETY: a non-NULL result is a NUL-terminated pool string.
+        Ok(String::from_utf8_lossy(unsafe { bytes(full) }).into_owned())
+    }
+
+    /// The server block's configuration, to change it.
+    ///
+    /// # Safety
+    /// No other reference to this server's configuration is alive (configuration reading
+    /// is single-threaded, so: none taken earlier in the same directive still in use).
+    unsafe fn server_config(self) -> Result<&'a mut config::ServerConfig, String> {
+        // SAFETY: cmd->server is the live server block being configured; exclusivity is
+        // the caller's contract.
+        unsafe { config::server_mut(self.server()) }
+            .ok_or_else(|| "no server configuration".to_string())
+    }
+
+    /// Compiles a WSGIScriptAliasMatch pattern into the configuration pool (freed with
+    /// it); None when it does not compile.
+    fn compile(self, pattern: &CStr) -> Option<*mut ap_regex_t> {
+        // SAFETY: the pool is live; the pattern is a NUL-terminated string.
+        let re = unsafe { ap_pregcomp(self.pool(), pattern.as_ptr(), AP_REG_EXTENDED as c_int) };
+        (!re.is_null()).then_some(re)
     }
 }
 
 /// A TAKE1/RAW_ARGS argument as a Rust string.
+///
+/// # Safety
+/// `p` is the argument httpd passed to the directive: NULL or NUL-terminated.
 unsafe fn arg(p: *const c_char) -> String {
-    // SAFETY: httpd passes a NUL-terminated argument (or NULL for no arguments).
+    // SAFETY: the contract.
     unsafe { string(p) }.unwrap_or_default()
 }
 
+/// The DirConfig httpd passes a directive allowed in directory context.
+///
+/// # Safety
+/// `mconfig` is that argument (our DirConfig from create/merge_dir_config, or NULL),
+/// and no other reference to it is alive.
 unsafe fn dir_config<'a>(mconfig: *mut c_void) -> Result<&'a mut DirConfig, String> {
-    // SAFETY: for directives allowed in directory context httpd passes our DirConfig.
+    // SAFETY: the contract.
     unsafe { (mconfig as *mut DirConfig).as_mut() }
         .ok_or_else(|| "no directory configuration".to_string())
-}
-
-unsafe fn server_config<'a>(cmd: *mut cmd_parms) -> Result<&'a mut config::ServerConfig, String> {
-    // SAFETY: cmd->server is the server block being configured; config reading is
-    // single-threaded so this is the only reference.
-    unsafe { config::server_mut((*cmd).server) }
-        .ok_or_else(|| "no server configuration".to_string())
-}
-
-unsafe fn global_only(cmd: *mut cmd_parms) -> Outcome {
-    // SAFETY: ap_check_cmd_context only reads cmd; it returns NULL or a static message.
-    let err = unsafe { ap_check_cmd_context(cmd, GLOBAL_ONLY) };
-    if err.is_null() {
-        Ok(())
-    } else {
-        // SAFETY: non-NULL results are NUL-terminated strings.
-        Err(String::from_utf8_lossy(unsafe { bytes(err) })
-            .trim()
-            .to_string())
-    }
-}
-
-/// A path relative to ServerRoot made absolute (as httpd does for its own files).
-unsafe fn server_relative(cmd: *mut cmd_parms, path: &str) -> Result<String, String> {
-    let c = std::ffi::CString::new(path).map_err(|_| "path contains a NUL byte".to_string())?;
-    // SAFETY: cmd->pool is live; the result is NULL or a pool string.
-    let full = unsafe { ap_server_root_relative((*cmd).pool, c.as_ptr()) };
-    if full.is_null() {
-        return Err(format!("invalid path \"{path}\""));
-    }
-    // SAFETY: non-NULL pool string.
-    Ok(String::from_utf8_lossy(unsafe { bytes(full) }).into_owned())
 }
 
 fn not_a_directory(target: &str) -> Outcome {
@@ -110,9 +175,8 @@ const ALIAS_OPTIONS: &[&str] = &[
     "pass-authorization",
 ];
 
-unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Outcome {
-    // SAFETY: RAW_ARGS passes the rest of the line.
-    let words = split_words(&unsafe { arg(args) })?;
+fn add_alias(cmd: Cmd<'_>, args: &str, regex: bool) -> Outcome {
+    let words = split_words(args)?;
     if words.len() < 2 {
         return Err(if regex {
             "expected a regular expression and a script file: WSGIScriptAliasMatch REGEX FILE [options]".into()
@@ -148,20 +212,17 @@ unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Ou
             .as_deref()
             .is_some_and(|g| g == "%{GLOBAL}" || !g.contains("%{"))
         && !(regex && target.contains('$'));
-    // SAFETY: cmd is live.
-    let target = unsafe { server_relative(cmd, target) }?;
+    let target = cmd.server_relative(target)?;
     not_a_directory(&target)?;
     let pattern = if regex {
         let c = std::ffi::CString::new(url.as_str())
             .map_err(|_| "pattern contains a NUL byte".to_string())?;
-        // SAFETY: the regex is compiled into (and freed with) the config pool.
-        let re = unsafe { ap_pregcomp((*cmd).pool, c.as_ptr(), AP_REG_EXTENDED as c_int) };
-        if re.is_null() {
+        let Some(re) = cmd.compile(&c) else {
             return Err(format!(
                 "regular expression \"{url}\" could not be compiled"
             ));
-        }
-        // SAFETY: re is a compiled regex.
+        };
+        // SAFETY: re is a regex ap_pregcomp compiled (live with the config pool).
         let groups = unsafe { (*re).re_nsub }.max(0) as usize;
         let wanted = max_group_reference(&target);
         if wanted > groups {
@@ -176,10 +237,9 @@ unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Ou
         }
         Pattern::Prefix(url.clone())
     };
-    // SAFETY: cmd->pool is the config pool.
-    let target_c = unsafe { pstr((*cmd).pool, target.as_bytes()) };
-    // SAFETY: see server_config.
-    unsafe { server_config(cmd) }?.aliases.push(Alias {
+    let target_c = cmd.copy(target.as_bytes());
+    // SAFETY: the only reference to the server config in this directive.
+    unsafe { cmd.server_config() }?.aliases.push(Alias {
         pattern,
         target,
         target_c,
@@ -188,13 +248,24 @@ unsafe fn add_alias(cmd: *mut cmd_parms, args: *const c_char, regex: bool) -> Ou
     Ok(())
 }
 
+/// The arguments of a directive call: the command and its (RAW_ARGS or TAKE1) text.
+///
+/// # Safety
+/// What httpd passes a directive function: a live cmd_parms and NULL or a NUL-terminated
+/// argument.
+unsafe fn call<'a>(cmd: *mut cmd_parms, args: *const c_char) -> (Cmd<'a>, String) {
+    // SAFETY: the contract.
+    unsafe { (Cmd::new(cmd), arg(args)) }
+}
+
 unsafe extern "C" fn script_alias(
     cmd: *mut cmd_parms,
     _m: *mut c_void,
     args: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || add_alias(cmd, args, false)) }
+    // SAFETY: called by httpd with a live cmd and the rest of the line (RAW_ARGS).
+    let (cmd, args) = unsafe { call(cmd, args) };
+    cmd.run(|| add_alias(cmd, &args, false))
 }
 
 unsafe extern "C" fn script_alias_match(
@@ -202,8 +273,9 @@ unsafe extern "C" fn script_alias_match(
     _m: *mut c_void,
     args: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || add_alias(cmd, args, true)) }
+    // SAFETY: as in script_alias.
+    let (cmd, args) = unsafe { call(cmd, args) };
+    cmd.run(|| add_alias(cmd, &args, true))
 }
 
 unsafe extern "C" fn import_script(
@@ -211,33 +283,31 @@ unsafe extern "C" fn import_script(
     _m: *mut c_void,
     args: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe {
-        run(cmd, || {
-            let words = split_words(&arg(args))?;
-            let Some(path) = words.first() else {
-                return Err("expected a script file: WSGIImportScript FILE [process-group=...] [application-group=...]".into());
-            };
-            let mut group = "%{GLOBAL}".to_string();
-            for (name, value) in
-                parse_options(&words[1..], &["process-group", "application-group"])?
-            {
-                if name == "process-group" {
-                    check_process_group(value)?;
-                } else {
-                    check_application_group(value)?;
-                    group = value.to_string();
-                }
+    // SAFETY: as in script_alias.
+    let (cmd, args) = unsafe { call(cmd, args) };
+    cmd.run(|| {
+        let words = split_words(&args)?;
+        let Some(path) = words.first() else {
+            return Err("expected a script file: WSGIImportScript FILE [process-group=...] [application-group=...]".into());
+        };
+        let mut group = "%{GLOBAL}".to_string();
+        for (name, value) in parse_options(&words[1..], &["process-group", "application-group"])? {
+            if name == "process-group" {
+                check_process_group(value)?;
+            } else {
+                check_application_group(value)?;
+                group = value.to_string();
             }
-            let path = server_relative(cmd, path)?;
-            not_a_directory(&path)?;
-            server_config(cmd)?.imports.push(ImportScript {
-                path,
-                application_group: group,
-            });
-            Ok(())
-        })
-    }
+        }
+        let path = cmd.server_relative(path)?;
+        not_a_directory(&path)?;
+        // SAFETY: the only reference to the server config in this directive.
+        unsafe { cmd.server_config() }?.imports.push(ImportScript {
+            path,
+            application_group: group,
+        });
+        Ok(())
+    })
 }
 
 unsafe extern "C" fn python_home(
@@ -245,18 +315,18 @@ unsafe extern "C" fn python_home(
     _m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe {
-        run(cmd, || {
-            global_only(cmd)?;
-            let home = PathBuf::from(arg(value));
-            if !home.is_dir() {
-                return Err(format!("\"{}\" is not a directory", home.display()));
-            }
-            server_config(cmd)?.python_home = Some(home);
-            Ok(())
-        })
-    }
+    // SAFETY: called by httpd with a live cmd and its one argument (TAKE1).
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| {
+        cmd.global_only()?;
+        let home = PathBuf::from(value);
+        if !home.is_dir() {
+            return Err(format!("\"{}\" is not a directory", home.display()));
+        }
+        // SAFETY: the only reference to the server config in this directive.
+        unsafe { cmd.server_config() }?.python_home = Some(home);
+        Ok(())
+    })
 }
 
 unsafe extern "C" fn python_path(
@@ -264,14 +334,37 @@ unsafe extern "C" fn python_path(
     _m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe {
-        run(cmd, || {
-            global_only(cmd)?;
-            server_config(cmd)?.python_path = split_python_path(&arg(value));
-            Ok(())
-        })
-    }
+    // SAFETY: as in python_home.
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| {
+        cmd.global_only()?;
+        // SAFETY: the only reference to the server config in this directive.
+        unsafe { cmd.server_config() }?.python_path = split_python_path(&value);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn stuck_after(
+    cmd: *mut cmd_parms,
+    _m: *mut c_void,
+    value: *const c_char,
+) -> *const c_char {
+    // SAFETY: as in python_home.
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| {
+        cmd.global_only()?;
+        let seconds = match value.trim().parse::<u64>() {
+            Ok(n) if (1..=86_400).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "\"{value}\" must be a number of seconds from 1 to 86400"
+                ))
+            }
+        };
+        // SAFETY: the only reference to the server config in this directive.
+        unsafe { cmd.server_config() }?.stuck_after = Some(seconds);
+        Ok(())
+    })
 }
 
 unsafe extern "C" fn callable_object(
@@ -279,14 +372,16 @@ unsafe extern "C" fn callable_object(
     m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd and our DirConfig.
-    unsafe {
-        run(cmd, || {
-            rwsgi::check_callable_name(&arg(value))?;
-            dir_config(m)?.callable_object = pstr((*cmd).pool, bytes(value));
-            Ok(())
-        })
-    }
+    // SAFETY: as in python_home.
+    let (cmd, text) = unsafe { call(cmd, value) };
+    // SAFETY: the TAKE1 argument: NUL-terminated, live during the call.
+    let raw = unsafe { bytes(value) };
+    cmd.run(|| {
+        rwsgi::check_callable_name(&text)?;
+        // SAFETY: httpd passes our DirConfig as m, referenced nowhere else meanwhile.
+        unsafe { dir_config(m) }?.callable_object = cmd.copy(raw);
+        Ok(())
+    })
 }
 
 unsafe extern "C" fn application_group(
@@ -294,14 +389,16 @@ unsafe extern "C" fn application_group(
     m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd and our DirConfig.
-    unsafe {
-        run(cmd, || {
-            check_application_group(&arg(value))?;
-            dir_config(m)?.application_group = pstr((*cmd).pool, bytes(value));
-            Ok(())
-        })
-    }
+    // SAFETY: as in python_home.
+    let (cmd, text) = unsafe { call(cmd, value) };
+    // SAFETY: as in callable_object.
+    let raw = unsafe { bytes(value) };
+    cmd.run(|| {
+        check_application_group(&text)?;
+        // SAFETY: as in callable_object.
+        unsafe { dir_config(m) }?.application_group = cmd.copy(raw);
+        Ok(())
+    })
 }
 
 unsafe extern "C" fn map_head_to_get(
@@ -309,13 +406,14 @@ unsafe extern "C" fn map_head_to_get(
     m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd and our DirConfig.
-    unsafe {
-        run(cmd, || {
-            dir_config(m)?.map_head_to_get = Some(parse_map_head(&arg(value))?);
-            Ok(())
-        })
-    }
+    // SAFETY: as in python_home.
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| {
+        let mode = parse_map_head(&value)?;
+        // SAFETY: as in callable_object.
+        unsafe { dir_config(m) }?.map_head_to_get = Some(mode);
+        Ok(())
+    })
 }
 
 macro_rules! dir_flag {
@@ -325,20 +423,19 @@ macro_rules! dir_flag {
             m: *mut c_void,
             on: c_int,
         ) -> *const c_char {
-            // SAFETY: called by httpd with a live cmd and our DirConfig.
-            unsafe {
-                run(cmd, || {
-                    dir_config(m)?.$field = Some(on != 0);
-                    Ok(())
-                })
-            }
+            // SAFETY: called by httpd with a live cmd.
+            let cmd = unsafe { Cmd::new(cmd) };
+            cmd.run(|| {
+                // SAFETY: httpd passes our DirConfig as m, referenced nowhere else meanwhile.
+                unsafe { dir_config(m) }?.$field = Some(on != 0);
+                Ok(())
+            })
         }
     };
 }
 
 dir_flag!(pass_authorization, pass_authorization);
 dir_flag!(script_reloading, script_reloading);
-dir_flag!(chunked_request, chunked_request);
 dir_flag!(enable_sendfile, enable_sendfile);
 
 unsafe extern "C" fn daemon_process(
@@ -347,7 +444,8 @@ unsafe extern "C" fn daemon_process(
     _args: *const c_char,
 ) -> *const c_char {
     // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || Err(DAEMON_MODE_UNSUPPORTED.to_string())) }
+    let cmd = unsafe { Cmd::new(cmd) };
+    cmd.run(|| Err(DAEMON_MODE_UNSUPPORTED.to_string()))
 }
 
 unsafe extern "C" fn process_group(
@@ -355,8 +453,9 @@ unsafe extern "C" fn process_group(
     _m: *mut c_void,
     value: *const c_char,
 ) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || check_process_group(&arg(value))) }
+    // SAFETY: as in python_home.
+    let (cmd, value) = unsafe { call(cmd, value) };
+    cmd.run(|| check_process_group(&value))
 }
 
 unsafe extern "C" fn restrict_embedded(
@@ -365,15 +464,14 @@ unsafe extern "C" fn restrict_embedded(
     on: c_int,
 ) -> *const c_char {
     // SAFETY: called by httpd with a live cmd.
-    unsafe {
-        run(cmd, || {
-            if on != 0 {
-                Err(format!("On would forbid embedded mode, the only mode mod_rwsgi has; {DAEMON_MODE_UNSUPPORTED}"))
-            } else {
-                Ok(())
-            }
-        })
-    }
+    let cmd = unsafe { Cmd::new(cmd) };
+    cmd.run(|| {
+        if on != 0 {
+            Err(format!("On would forbid embedded mode, the only mode mod_rwsgi has; {DAEMON_MODE_UNSUPPORTED}"))
+        } else {
+            Ok(())
+        }
+    })
 }
 
 /// Directives that only tune mod_wsgi internals mod_rwsgi does not have.
@@ -383,7 +481,8 @@ unsafe extern "C" fn ignored_take1(
     _v: *const c_char,
 ) -> *const c_char {
     // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || Ok(())) }
+    let cmd = unsafe { Cmd::new(cmd) };
+    cmd.run(|| Ok(()))
 }
 
 unsafe extern "C" fn ignored_flag(
@@ -392,7 +491,8 @@ unsafe extern "C" fn ignored_flag(
     _on: c_int,
 ) -> *const c_char {
     // SAFETY: called by httpd with a live cmd.
-    unsafe { run(cmd, || Ok(())) }
+    let cmd = unsafe { Cmd::new(cmd) };
+    cmd.run(|| Ok(()))
 }
 
 // ---- the command table ------------------------------------------------------------
@@ -449,7 +549,7 @@ const END: command_rec = command_rec {
 
 /// The NULL-terminated table httpd reads through `module.cmds`.
 #[repr(transparent)]
-pub struct Commands(pub [command_rec; 26]);
+pub struct Commands(pub [command_rec; 27]);
 
 // SAFETY: the table is immutable after construction; its pointers are to static strings
 // and functions, so sharing it between threads is sound.
@@ -463,7 +563,7 @@ pub static COMMANDS: Commands = Commands([
     take1(c"WSGICallableObject", callable_object, ANYWHERE, c"name of the WSGI callable in the script (default application)"),
     take1(c"WSGIApplicationGroup", application_group, ANYWHERE, c"application group: %{GLOBAL}, %{RESOURCE}, %{SERVER}, %{HOST}, %{ENV:var} or a name"),
     flag(c"WSGIPassAuthorization", pass_authorization, ANYWHERE, c"On to pass the Authorization header to the application"),
-    flag(c"WSGIChunkedRequest", chunked_request, ANYWHERE, c"accepted for compatibility: chunked request bodies always work"),
+    flag(c"WSGIChunkedRequest", ignored_flag, ANYWHERE, c"accepted for compatibility: chunked request bodies always work"),
     flag(c"WSGIScriptReloading", script_reloading, ANYWHERE, c"On (default) to reload a script when its modification time changes"),
     take1(c"WSGIMapHEADToGET", map_head_to_get, ANYWHERE, c"Off, On or Auto (default): run HEAD requests as GET"),
     flag(c"WSGIEnableSendfile", enable_sendfile, ANYWHERE, c"On to send wsgi.file_wrapper files with sendfile"),
@@ -481,5 +581,6 @@ pub static COMMANDS: Commands = Commands([
     flag(c"WSGIDestroyInterpreter", ignored_flag, SERVER, c"accepted and ignored"),
     take1(c"WSGIPythonEggs", ignored_take1, SERVER, c"accepted and ignored"),
     flag(c"WSGIDontWriteBytecode", ignored_flag, SERVER, c"accepted and ignored"),
+    take1(c"WSGIStuckAfter", stuck_after, SERVER, c"seconds after which a request still in the app is logged with its Python stack (default 60)"),
     END,
 ]);

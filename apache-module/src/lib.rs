@@ -3,8 +3,9 @@
 //!
 //! httpd loads `rwsgi_module` ([`module`]); directives fill [`config`]; the translate hook
 //! ([`mapping`]) maps URLs to scripts; the content handler ([`handler`]) copies the request
-//! ([`request`]) and runs it through `rwsgi::run_request` with a body reader ([`body`]) and
-//! a response sink ([`sink`]) over httpd's filter chains.
+//! ([`request`]) and runs it through `rwsgi::Runtime::run` with a body reader ([`body`]) and
+//! a response sink ([`sink`]) over httpd's filter chains. [`status`]: the counters in
+//! shared memory, the `rwsgi-status` handler and the stuck-request watchdog.
 
 mod apr;
 mod bindings;
@@ -19,7 +20,9 @@ mod mapping;
 mod module;
 mod options;
 mod python;
+mod req;
 mod request;
 mod sink;
+mod status;
 
 pub use module::rwsgi_module;

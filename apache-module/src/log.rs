@@ -3,35 +3,20 @@
 
 use crate::bindings::*;
 use crate::module::module_index;
-use rwsgi::LogLevel;
+use crate::req::Req;
 use std::ffi::{c_int, CString};
 use std::panic::Location;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Error,
-    Warn,
-    Info,
-}
+/// The engine's log levels are the only ones: this module logs through the same type.
+pub use rwsgi::LogLevel as Level;
 
-impl Level {
-    fn apache(self) -> c_int {
-        (match self {
-            Level::Error => APLOG_ERR,
-            Level::Warn => APLOG_WARNING,
-            Level::Info => APLOG_INFO,
-        }) as c_int
-    }
-}
-
-impl From<LogLevel> for Level {
-    fn from(level: LogLevel) -> Self {
-        match level {
-            LogLevel::Error => Level::Error,
-            LogLevel::Warn => Level::Warn,
-            LogLevel::Info => Level::Info,
-        }
-    }
+/// httpd's level for one of ours.
+fn apache_level(level: Level) -> c_int {
+    (match level {
+        Level::Error => APLOG_ERR,
+        Level::Warn => APLOG_WARNING,
+        Level::Info => APLOG_INFO,
+    }) as c_int
 }
 
 fn c_text(message: &str) -> CString {
@@ -56,13 +41,20 @@ pub unsafe fn request(r: *const request_rec, level: Level, message: &str) {
             file.as_ptr(),
             location.line() as c_int,
             module_index(),
-            level.apache(),
+            apache_level(level),
             0,
             r,
             c"%s".as_ptr(),
             text.as_ptr(),
         );
     }
+}
+
+/// Logs in the context of a request a hook is running for.
+#[track_caller]
+pub fn for_request(req: Req<'_>, level: Level, message: &str) {
+    // SAFETY: a Req is live for as long as it is used.
+    unsafe { request(req.ptr(), level, message) }
 }
 
 /// Logs for a server (virtual host), e.g. at startup.
@@ -79,7 +71,7 @@ pub unsafe fn server(s: *const server_rec, level: Level, message: &str) {
             file.as_ptr(),
             location.line() as c_int,
             module_index(),
-            level.apache(),
+            apache_level(level),
             0,
             s,
             c"%s".as_ptr(),
@@ -93,8 +85,7 @@ pub unsafe fn server(s: *const server_rec, level: Level, message: &str) {
 pub fn main_server(level: Level, message: &str) {
     // SAFETY: ap_server_conf is set by httpd before any module code runs in a child and
     // stays valid for the process; reading the pointer value does not create a reference.
-    unsafe {
-        let s = std::ptr::addr_of!(ap_server_conf).read();
-        server(s, level, message);
-    }
+    let s = unsafe { std::ptr::addr_of!(ap_server_conf).read() };
+    // SAFETY: s is the live main server_rec (or NULL, which ap_log_error accepts).
+    unsafe { server(s, level, message) };
 }

@@ -9,16 +9,26 @@ use crate::config::{self, Pattern, ScriptOptions};
 use crate::ffi::guard;
 use crate::log::{self, Level};
 use crate::module::module_index;
+use crate::req::Req;
 use std::ffi::{c_char, c_int, c_void};
 
 /// What the translate hook found, kept in the request's config vector (pool memory).
 #[derive(Clone, Copy)]
-pub struct Matched {
-    pub script: *const c_char,
-    pub script_name: *const c_char,
-    pub path_info: *const c_char,
+struct Stored {
+    script: *const c_char,
+    script_name: *const c_char,
+    path_info: *const c_char,
     /// The alias's options; they live in the server config (config pool).
-    pub options: *const ScriptOptions,
+    options: *const ScriptOptions,
+}
+
+/// What the translate hook found for a request, borrowed for the request's lifetime.
+#[derive(Clone, Copy)]
+pub struct Matched<'a> {
+    pub script: &'a [u8],
+    pub script_name: &'a [u8],
+    pub path_info: &'a [u8],
+    pub options: Option<&'a ScriptOptions>,
 }
 
 /// mod_alias's prefix rule: each `/` in the alias matches one or more `/` in the URI, other
@@ -61,99 +71,165 @@ pub fn split_mount(uri: &[u8], matched: usize) -> (&[u8], &[u8]) {
 
 /// The translate_name hook.
 pub unsafe extern "C" fn translate_name(r: *mut request_rec) -> c_int {
-    // SAFETY: httpd passes a live request.
-    guard("translate_name", DECLINED, || unsafe { translate(r) })
+    // SAFETY: httpd passes a live request, ours for the duration of the hook.
+    let req = unsafe { Req::new(r) };
+    guard("translate_name", DECLINED, || translate(req))
 }
 
-unsafe fn translate(r: *mut request_rec) -> c_int {
-    // SAFETY (whole function): r is live; r->uri is a NUL-terminated pool string; the
-    // server config is read-only while requests run.
-    unsafe {
-        let uri = bytes((*r).uri);
-        if uri.first() != Some(&b'/') {
-            return DECLINED;
-        }
-        let Some(conf) = config::server((*r).server) else {
-            return DECLINED;
-        };
-        for alias in &conf.aliases {
-            let (matched, script) = match alias.pattern {
-                Pattern::Prefix(ref prefix) => match prefix_match(uri, prefix.as_bytes()) {
-                    Some(n) => (n, pstr((*r).pool, alias.target.as_bytes())),
-                    None => continue,
+/// A script alias that matched: how much of the URI it took, and the script.
+struct Hit<'c> {
+    matched: usize,
+    script: *const c_char,
+    options: &'c ScriptOptions,
+}
+
+fn translate(req: Req<'_>) -> c_int {
+    let uri = req.uri().unwrap_or_default();
+    if uri.first() != Some(&b'/') {
+        return DECLINED;
+    }
+    // SAFETY: the request's server_rec is live; its config is read-only while requests
+    // run and lives in the config pool, longer than the request.
+    let Some(conf) = (unsafe { config::server(req.server()) }) else {
+        return DECLINED;
+    };
+    for alias in &conf.aliases {
+        let hit = match alias.pattern {
+            Pattern::Prefix(ref prefix) => match prefix_match(uri, prefix.as_bytes()) {
+                Some(matched) => Hit {
+                    matched,
+                    // SAFETY: the request pool is live.
+                    script: unsafe { pstr(req.pool(), alias.target.as_bytes()) },
+                    options: &alias.options,
                 },
-                Pattern::Regex(re) => {
-                    let mut groups = [ap_regmatch_t {
-                        rm_so: -1,
-                        rm_eo: -1,
-                    }; AP_MAX_REG_MATCH as usize];
-                    if ap_regexec(
-                        re,
-                        (*r).uri,
-                        groups.len() as apr_size_t,
-                        groups.as_mut_ptr(),
-                        0,
-                    ) != 0
-                    {
-                        continue;
-                    }
-                    let end = groups[0].rm_eo.max(0) as usize;
-                    if end == 0 {
-                        continue;
-                    }
-                    let script = ap_pregsub(
-                        (*r).pool,
-                        alias.target_c,
-                        (*r).uri,
-                        groups.len() as apr_size_t,
-                        groups.as_mut_ptr(),
+                None => continue,
+            },
+            Pattern::Regex(re) => match regex_match(req, re, alias.target_c) {
+                RegexOutcome::NoMatch => continue,
+                RegexOutcome::Match { end, script } => Hit {
+                    matched: end,
+                    script,
+                    options: &alias.options,
+                },
+                RegexOutcome::TooLong => {
+                    log::for_request(
+                        req,
+                        Level::Error,
+                        &format!(
+                            "mod_rwsgi: substituting \"{}\" for {} failed (result too long)",
+                            alias.target,
+                            String::from_utf8_lossy(uri)
+                        ),
                     );
-                    if script.is_null() {
-                        log::request(
-                            r,
-                            Level::Error,
-                            &format!(
-                                "mod_rwsgi: substituting \"{}\" for {} failed (result too long)",
-                                alias.target,
-                                String::from_utf8_lossy(uri)
-                            ),
-                        );
-                        return HTTP_INTERNAL_SERVER_ERROR as c_int;
-                    }
-                    (end, script as *const c_char)
+                    return HTTP_INTERNAL_SERVER_ERROR as c_int;
                 }
-            };
-            let (script_name, path_info) = split_mount(uri, matched);
-            let found = Matched {
-                script,
-                script_name: pstr((*r).pool, script_name),
-                path_info: pstr((*r).pool, path_info),
-                options: &alias.options,
-            };
-            set_module_config(
-                (*r).request_config,
-                module_index(),
-                pool_value((*r).pool, found) as *mut c_void,
-            );
-            (*r).filename = script as *mut c_char;
-            (*r).handler = c"wsgi-script".as_ptr();
-            apr_table_setn((*r).notes, c"alias-forced-type".as_ptr(), (*r).handler);
-            return OK as c_int;
+            },
+        };
+        map_to_script(req, uri, hit);
+        return OK as c_int;
+    }
+    DECLINED
+}
+
+enum RegexOutcome {
+    NoMatch,
+    /// The match ends at `end` bytes into the URI; `script` is the substituted target.
+    Match {
+        end: usize,
+        script: *const c_char,
+    },
+    /// ap_pregsub refused (the result would be too long).
+    TooLong,
+}
+
+/// Runs a WSGIScriptAliasMatch pattern on the request's URI and substitutes `$N` in the
+/// target.
+fn regex_match(req: Req<'_>, re: *mut ap_regex_t, target: *const c_char) -> RegexOutcome {
+    let mut groups = [ap_regmatch_t {
+        rm_so: -1,
+        rm_eo: -1,
+    }; AP_MAX_REG_MATCH as usize];
+    // SAFETY: r->uri is a NUL-terminated pool string (checked non-empty by the caller);
+    // the request is live (Req).
+    let uri = unsafe { (*req.ptr()).uri };
+    // SAFETY: re was compiled by ap_pregcomp into the config pool, which outlives every
+    // request; groups has room for the count we pass.
+    let rc = unsafe { ap_regexec(re, uri, groups.len() as apr_size_t, groups.as_mut_ptr(), 0) };
+    if rc != 0 {
+        return RegexOutcome::NoMatch;
+    }
+    let end = groups[0].rm_eo.max(0) as usize;
+    if end == 0 {
+        return RegexOutcome::NoMatch;
+    }
+    // SAFETY: the request pool is live; target is a NUL-terminated config-pool string;
+    // groups holds the offsets ap_regexec found in this very uri.
+    let script = unsafe {
+        ap_pregsub(
+            req.pool(),
+            target,
+            uri,
+            groups.len() as apr_size_t,
+            groups.as_mut_ptr(),
+        )
+    };
+    if script.is_null() {
+        RegexOutcome::TooLong
+    } else {
+        RegexOutcome::Match {
+            end,
+            script: script as *const c_char,
         }
-        DECLINED
+    }
+}
+
+/// Points the request at the script (r->filename, the wsgi-script handler) and keeps
+/// SCRIPT_NAME / PATH_INFO for the content handler.
+fn map_to_script(req: Req<'_>, uri: &[u8], hit: Hit<'_>) {
+    let (script_name, path_info) = split_mount(uri, hit.matched);
+    let pool = req.pool();
+    // SAFETY: the request pool is live; the copies live as long as the request.
+    let (script_name, path_info) = unsafe { (pstr(pool, script_name), pstr(pool, path_info)) };
+    let found = Stored {
+        script: hit.script,
+        script_name,
+        path_info,
+        options: hit.options,
+    };
+    let r = req.ptr();
+    // SAFETY: the request is live and ours during the hook (Req); Stored is plain data
+    // copied into its pool, and the slot is this module's in the request's config vector.
+    unsafe {
+        set_module_config(
+            (*r).request_config,
+            module_index(),
+            pool_value(pool, found) as *mut c_void,
+        )
+    };
+    // SAFETY: as above; the script is a request-pool string and the handler name a
+    // static one, both outliving the request; the notes table belongs to the request.
+    unsafe {
+        (*r).filename = hit.script as *mut c_char;
+        (*r).handler = c"wsgi-script".as_ptr();
+        apr_table_setn((*r).notes, c"alias-forced-type".as_ptr(), (*r).handler);
     }
 }
 
 /// The match the translate hook stored for this request, if any.
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn matched(r: *const request_rec) -> Option<Matched> {
-    // SAFETY: the slot is NULL or a Matched stored by translate() in this request's pool.
+pub fn matched<'a>(req: Req<'a>) -> Option<Matched<'a>> {
+    // SAFETY: the request is live (Req); its config vector has a slot for every module.
+    let slot = unsafe { module_config((*req.ptr()).request_config, module_index()) };
+    // SAFETY: our slot is NULL or a Stored that translate() put in this request's pool.
+    let stored = unsafe { (slot as *const Stored).as_ref() }.copied()?;
+    // SAFETY: Stored's strings are NUL-terminated strings in the request pool (or the
+    // config pool), and its options point into the server config: all outlive 'a.
     unsafe {
-        (module_config((*r).request_config, module_index()) as *const Matched)
-            .as_ref()
-            .copied()
+        Some(Matched {
+            script: bytes(stored.script),
+            script_name: bytes(stored.script_name),
+            path_info: bytes(stored.path_info),
+            options: stored.options.as_ref(),
+        })
     }
 }
 

@@ -98,41 +98,56 @@ unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
 /// Another loaded module that is mod_wsgi (by name, or because it also defines
 /// WSGIScriptAlias): its name, for the error message.
 pub fn other_wsgi_module() -> Option<String> {
-    // SAFETY: ap_top_module heads httpd's list of loaded modules; the list and the
-    // modules' command tables are only changed by the (single) config-reading thread,
-    // which is the thread calling this.
-    unsafe {
-        let mut m = ptr::addr_of!(ap_top_module).read();
-        while !m.is_null() {
-            if !ptr::eq(m, this_module()) {
-                let name = string((*m).name).unwrap_or_default();
-                if name.ends_with("mod_wsgi.c") || defines_script_alias((*m).cmds) {
-                    return Some(format!(
-                        "{} (wsgi_module)",
-                        name.rsplit('/').next().unwrap_or(&name)
-                    ));
-                }
+    // SAFETY: ap_top_module is set by httpd before any module code runs; reading the
+    // pointer value creates no reference.
+    let mut m = unsafe { ptr::addr_of!(ap_top_module).read() };
+    while !m.is_null() {
+        if !ptr::eq(m, this_module()) {
+            // SAFETY: m is a loaded module record of httpd's list; the list and the
+            // modules' names and command tables are only changed by the (single)
+            // config-reading thread, which is the thread calling this.
+            let (name, cmds) = unsafe { (string((*m).name).unwrap_or_default(), (*m).cmds) };
+            // SAFETY: as above: cmds is NULL or the module's NULL-terminated table.
+            if name.ends_with("mod_wsgi.c") || unsafe { defines_script_alias(cmds) } {
+                return Some(format!(
+                    "{} (wsgi_module)",
+                    name.rsplit('/').next().unwrap_or(&name)
+                ));
             }
-            m = (*m).next;
         }
+        // SAFETY: as above; next is NULL or the next loaded module.
+        m = unsafe { (*m).next };
     }
     None
 }
 
+/// # Safety
+/// `cmd` is NULL or a command table ending with an entry whose name is NULL.
 unsafe fn defines_script_alias(mut cmd: *const command_rec) -> bool {
     if cmd.is_null() {
         return false;
     }
-    // SAFETY: command tables end with an entry whose name is NULL.
-    unsafe {
-        while !(*cmd).name.is_null() {
-            if crate::apr::bytes((*cmd).name) == b"WSGIScriptAlias" {
-                return true;
-            }
-            cmd = cmd.add(1);
+    // SAFETY: cmd points into the table (the contract), before or at its NULL-named end.
+    while let Some(name) = unsafe { string_name(cmd) } {
+        if name == b"WSGIScriptAlias" {
+            return true;
         }
+        // SAFETY: cmd is not the last entry (its name is not NULL), so the next one is
+        // still in the table.
+        cmd = unsafe { cmd.add(1) };
     }
     false
+}
+
+/// A command entry's name, None for the table's end.
+///
+/// # Safety
+/// `cmd` points to a live command_rec whose name is NULL or a static C string.
+unsafe fn string_name<'a>(cmd: *const command_rec) -> Option<&'a [u8]> {
+    // SAFETY: the contract.
+    let name = unsafe { (*cmd).name };
+    // SAFETY: non-NULL names are NUL-terminated strings of the loaded module.
+    (!name.is_null()).then(|| unsafe { crate::apr::bytes(name) })
 }
 
 /// Runs after the configuration is read, also for `apache2 -t`: refuses to run next to
@@ -174,26 +189,32 @@ unsafe extern "C" fn post_config(
     s: *mut server_rec,
 ) -> c_int {
     guard("post_config", OK as c_int, || {
-        // SAFETY: s heads httpd's list of servers, all configured by now; pconf is live.
-        unsafe {
-            add_version_component(pconf);
-            let mut server = s as *const server_rec;
-            let mut scripts = 0;
-            while !server.is_null() {
-                if let Some(conf) = config::server(server) {
-                    scripts += conf.aliases.len() + conf.imports.len();
-                }
-                server = (*server).next;
+        // SAFETY: pconf is the live configuration pool httpd passes in.
+        unsafe { add_version_component(pconf) };
+        // SAFETY: as above, in the parent before it forks; s is the main server.
+        unsafe { crate::status::create_shared(pconf, s) };
+        let mut server = s as *const server_rec;
+        let mut scripts = 0;
+        while !server.is_null() {
+            // SAFETY: server is a live server_rec of httpd's list, all configured by now;
+            // its config lives in the config pool.
+            if let Some(conf) = unsafe { config::server(server) } {
+                scripts += conf.aliases.len() + conf.imports.len();
             }
-            if scripts > 0 {
+            // SAFETY: as above; next is NULL or the next live server_rec.
+            server = unsafe { (*server).next };
+        }
+        if scripts > 0 {
+            // SAFETY: s is the live main server httpd passes in.
+            unsafe {
                 log::server(
                     s,
                     Level::Info,
                     "mod_rwsgi: every WSGI application group runs in the main Python interpreter \
                      (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are not supported yet, \
                      so applications in different groups share modules and sys.path",
-                );
-            }
+                )
+            };
         }
         OK as c_int
     })

@@ -61,37 +61,34 @@ pub fn spec(script: PathBuf, settings: &Effective, conf: &ServerConfig) -> AppSp
 /// # Safety
 /// Called by httpd's child_init with the main server (heading the list of servers).
 pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
-    // SAFETY: s and the configs hang off httpd's server list, read-only from now on.
-    unsafe {
-        let Some(main) = config::server(s) else {
-            return;
-        };
-        let home = main.python_home.as_deref();
-        match Runtime::start(home, mpm_traits()) {
-            Ok(runtime) => {
-                let _ = READY.set(Some(runtime));
-                log::server(
-                    s,
-                    Level::Info,
-                    &format!(
-                        "mod_rwsgi: Python initialized in process {}{}",
-                        std::process::id(),
-                        home.map(|h| format!(" (WSGIPythonHome {})", h.display()))
-                            .unwrap_or_default()
-                    ),
-                );
-                preload(s, runtime);
-            }
-            Err(e) => {
-                let _ = READY.set(None);
-                log::server(
-                    s,
-                    Level::Error,
-                    &format!(
-                        "mod_rwsgi: cannot start Python: {e}; WSGI requests will fail with 500"
-                    ),
-                );
-            }
+    // SAFETY: s is the live main server; its config lives in the config pool and is
+    // read-only from now on.
+    let Some(main) = (unsafe { config::server(s) }) else {
+        return;
+    };
+    // SAFETY: s is the live main server, once per child (the contract).
+    unsafe { crate::status::child_init(s, main.stuck_after) };
+    let home = main.python_home.as_deref();
+    match Runtime::start(home, mpm_traits()) {
+        Ok(runtime) => {
+            let _ = READY.set(Some(runtime));
+            let message = format!(
+                "mod_rwsgi: Python initialized in process {}{}",
+                std::process::id(),
+                home.map(|h| format!(" (WSGIPythonHome {})", h.display()))
+                    .unwrap_or_default()
+            );
+            // SAFETY: s is live.
+            unsafe { log::server(s, Level::Info, &message) };
+            // SAFETY: s heads httpd's server list (the contract).
+            unsafe { preload(s, runtime) };
+        }
+        Err(e) => {
+            let _ = READY.set(None);
+            let message =
+                format!("mod_rwsgi: cannot start Python: {e}; WSGI requests will fail with 500");
+            // SAFETY: s is live.
+            unsafe { log::server(s, Level::Error, &message) };
         }
     }
 }
@@ -102,29 +99,42 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
 /// # Safety
 /// `s` heads httpd's server list.
 unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
-    // (spec, Some(application group) for WSGIImportScript)
-    let mut scripts: Vec<(AppSpec, Option<String>)> = Vec::new();
-    // SAFETY: walking httpd's server list; configs are read-only now.
-    unsafe {
-        let mut server = s as *const server_rec;
-        while !server.is_null() {
-            if let Some(conf) = config::server(server) {
-                let defaults = config::server_dir_defaults(server);
-                for import in &conf.imports {
-                    let settings = Effective::resolve(&defaults, None);
-                    let group = Some(import.application_group.clone());
-                    scripts.push((spec(PathBuf::from(&import.path), &settings, conf), group));
-                }
-                for alias in conf.aliases.iter().filter(|a| a.options.preload) {
-                    let settings = Effective::resolve(&defaults, Some(&alias.options));
-                    scripts.push((spec(PathBuf::from(&alias.target), &settings, conf), None));
-                }
+    // (spec, Some(application group) for WSGIImportScript, Some(mount) for an alias)
+    let mut scripts: Vec<(AppSpec, Option<String>, Option<String>)> = Vec::new();
+    let mut server = s as *const server_rec;
+    while !server.is_null() {
+        // SAFETY: server is a live server_rec of httpd's list; its configs live in the
+        // config pool and are read-only now.
+        let (conf, defaults) =
+            unsafe { (config::server(server), config::server_dir_defaults(server)) };
+        if let Some(conf) = conf {
+            for import in &conf.imports {
+                // SAFETY: the directory defaults' strings are NULL or config-pool copies
+                // made by their directives.
+                let settings = unsafe { Effective::resolve(&defaults, None) };
+                let group = Some(import.application_group.clone());
+                let script = spec(PathBuf::from(&import.path), &settings, conf);
+                scripts.push((script, group, None));
             }
-            server = (*server).next;
+            for alias in conf.aliases.iter().filter(|a| a.options.preload) {
+                // SAFETY: as above.
+                let settings = unsafe { Effective::resolve(&defaults, Some(&alias.options)) };
+                let mount = match &alias.pattern {
+                    config::Pattern::Prefix(p) => match p.trim_end_matches('/') {
+                        "" => Some("/".to_string()),
+                        m => Some(m.to_string()),
+                    },
+                    config::Pattern::Regex(_) => None,
+                };
+                let script = spec(PathBuf::from(&alias.target), &settings, conf);
+                scripts.push((script, None, mount));
+            }
         }
+        // SAFETY: as above; next is NULL or the next live server_rec.
+        server = unsafe { (*server).next };
     }
     let mut seen: Vec<&AppSpec> = Vec::new();
-    for (spec, import_group) in &scripts {
+    for (spec, import_group, mount) in &scripts {
         if seen.contains(&spec) {
             continue;
         }
@@ -146,6 +156,9 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
                 ),
             ),
             Err(e) => {
+                if let Some(app) = mount.as_deref().and_then(crate::status::app_metrics) {
+                    app.import_failed();
+                }
                 log::main_server(Level::Error, &format!("mod_rwsgi: failed to load {path}:"));
                 for line in e.traceback.lines() {
                     log::main_server(Level::Error, line);

@@ -1,11 +1,12 @@
 //! The request body nginx has read, as the engine's [`BodyReader`]. nginx keeps small
 //! bodies in memory buffers of the request pool and spills large ones to a temp file.
 //! Memory is read in place (no copy on the event loop): the pool lives until the loop
-//! finishes the request, and every read checks, under the exchange's lock, that it has
-//! not — the app may keep wsgi.input after its request. A temp file is read through a
+//! finishes the request, and every read runs only while it has not, with the loop kept
+//! from finishing it meanwhile (ThreadSide::while_live) — the app may keep wsgi.input
+//! after its request. A temp file is read through a
 //! duplicate of its descriptor, which stays valid whatever nginx does.
 
-use crate::exchange::Exchange;
+use crate::exchange::ThreadSide;
 use ngx::ffi::*;
 use rwsgi::BodyReader;
 use std::collections::VecDeque;
@@ -13,7 +14,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 enum Segment {
     /// Bytes in the request pool: start, length, read position.
@@ -28,55 +28,65 @@ enum Segment {
 pub struct NginxBody {
     segments: VecDeque<Segment>,
     remaining: u64,
-    exchange: Arc<Exchange>,
+    side: ThreadSide,
 }
 
 // SAFETY: the raw pointers point into the request pool, which is only freed after the
-// exchange is marked finished; reads take the exchange lock and stop once it is.
+// loop has finished the request; reads run under ThreadSide::while_live, which fails once
+// it has and keeps it from finishing meanwhile.
 unsafe impl Send for NginxBody {}
 
 impl NginxBody {
     /// Captures `r`'s body; returns it and its length.
     ///
-    /// SAFETY: r is a live request whose body nginx has finished reading (we are in the
-    /// body post-handler, on the event loop thread), and `exchange` belongs to it.
+    /// # Safety
+    /// r is a live request whose body nginx has finished reading (we are in the body
+    /// post-handler, on the event loop thread), and `side` belongs to it.
     pub unsafe fn capture(
         r: *mut ngx_http_request_t,
-        exchange: Arc<Exchange>,
+        side: ThreadSide,
     ) -> io::Result<(NginxBody, u64)> {
         let mut segments = VecDeque::new();
         let mut total = 0u64;
-        let rb = (*r).request_body;
-        let mut cl = if rb.is_null() {
-            std::ptr::null_mut()
-        } else {
-            (*rb).bufs
+        // SAFETY: r is live (caller); its request_body, if any, lives in its pool.
+        let mut cl = unsafe {
+            let rb = (*r).request_body;
+            if rb.is_null() {
+                std::ptr::null_mut()
+            } else {
+                (*rb).bufs
+            }
         };
         while !cl.is_null() {
-            let b = (*cl).buf;
-            if (*b).in_file() != 0 && !(*b).file.is_null() {
-                let (pos, end) = ((*b).file_pos as u64, (*b).file_last as u64);
+            // SAFETY: cl is a link of the body's chain, which nginx built in r's pool with
+            // a live buffer in each link.
+            let (b, next) = unsafe { (&*(*cl).buf, (*cl).next) };
+            if b.in_file() != 0 && !b.file.is_null() {
+                let (pos, end) = (b.file_pos as u64, b.file_last as u64);
                 if end > pos {
-                    let dup = libc::fcntl((*(*b).file).fd, libc::F_DUPFD_CLOEXEC, 0);
+                    // SAFETY: b.file is nginx's live ngx_file_t of the body's temp file;
+                    // duplicating its descriptor leaves it untouched.
+                    let dup = unsafe { libc::fcntl((*b.file).fd, libc::F_DUPFD_CLOEXEC, 0) };
                     if dup < 0 {
                         return Err(io::Error::last_os_error());
                     }
                     // SAFETY: dup is a fresh descriptor owned by nothing else.
-                    let file = File::from_raw_fd(dup);
+                    let file = unsafe { File::from_raw_fd(dup) };
                     segments.push_back(Segment::File { file, pos, end });
                     total += end - pos;
                 }
-            } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
-                let len = (*b).last.offset_from((*b).pos) as usize;
-                segments.push_back(Segment::Memory((*b).pos, len, 0));
+            } else if !b.pos.is_null() && b.last > b.pos {
+                // SAFETY: pos..last lie in one allocation, the buffer's memory.
+                let len = unsafe { b.last.offset_from(b.pos) } as usize;
+                segments.push_back(Segment::Memory(b.pos, len, 0));
                 total += len as u64;
             }
-            cl = (*cl).next;
+            cl = next;
         }
         let body = NginxBody {
             segments,
             remaining: total,
-            exchange,
+            side,
         };
         Ok((body, total))
     }
@@ -84,20 +94,18 @@ impl NginxBody {
     fn read_segment(
         segment: &mut Segment,
         buf: &mut [u8],
-        exchange: &Exchange,
+        side: &ThreadSide,
     ) -> io::Result<(usize, bool)> {
         match segment {
             Segment::Memory(start, len, pos) => {
-                let state = exchange.lock();
-                if state.finished {
-                    return Err(io::Error::other("the request is over; its body is gone"));
-                }
                 let n = buf.len().min(*len - *pos);
-                // SAFETY: start..start+len is a body buffer in the request pool, alive
-                // because the request is not finished (checked above, lock held).
-                let src = unsafe { std::slice::from_raw_parts(start.add(*pos), n) };
-                buf[..n].copy_from_slice(src);
-                drop(state);
+                side.while_live(|| {
+                    // SAFETY: start..start+len is a body buffer in the request pool, alive
+                    // while the request is not finished (while_live).
+                    let src = unsafe { std::slice::from_raw_parts(start.add(*pos), n) };
+                    buf[..n].copy_from_slice(src);
+                })
+                .ok_or_else(|| io::Error::other("the request is over; its body is gone"))?;
                 *pos += n;
                 Ok((n, *pos == *len))
             }
@@ -120,7 +128,7 @@ impl NginxBody {
 impl BodyReader for NginxBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(segment) = self.segments.front_mut() {
-            let (n, done) = Self::read_segment(segment, buf, &self.exchange)?;
+            let (n, done) = Self::read_segment(segment, buf, &self.side)?;
             if done {
                 self.segments.pop_front();
             }

@@ -3,13 +3,14 @@
 //! its normal event machinery, drains the list. One eventfd write per batch, not per
 //! event, and no nginx call ever happens off the loop thread.
 
-use crate::exchange::Exchange;
+use crate::exchange::Ready;
+use crate::{no_unwind, Site};
 use ngx::ffi::*;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 pub struct Bridge {
     eventfd: i32,
-    ready: Mutex<Vec<Arc<Exchange>>>,
+    ready: Mutex<Vec<Ready>>,
 }
 
 static BRIDGE: OnceLock<Bridge> = OnceLock::new();
@@ -30,14 +31,20 @@ const NGX_READ_EVENT: ngx_int_t = 0x0001 | 0x2000;
 
 /// Creates the eventfd and registers it with this worker's event loop.
 ///
-/// SAFETY: must be called once, on the event-loop thread, from init_process.
+/// # Safety
+/// Called once, on the event-loop thread, from init_process, with nginx's live cycle.
 pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
-    let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+    // SAFETY: eventfd has no memory preconditions; the fd is ours.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
         return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
     }
-    if ngx_add_channel_event(cycle, fd, NGX_READ_EVENT, Some(on_wakeup)) != NGX_OK as ngx_int_t {
-        libc::close(fd);
+    // SAFETY: cycle is live and we are on its event loop (caller); nginx keeps a
+    // connection for fd whose read event calls on_wakeup.
+    let added = unsafe { ngx_add_channel_event(cycle, fd, NGX_READ_EVENT, Some(on_wakeup)) };
+    if added != NGX_OK as ngx_int_t {
+        // SAFETY: fd is ours and nothing else uses it.
+        unsafe { libc::close(fd) };
         return Err("cannot add the completion eventfd to the event loop".into());
     }
     BRIDGE
@@ -49,7 +56,7 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
 }
 
 /// Called from any thread: the exchange has something for the loop.
-pub fn schedule(exchange: Arc<Exchange>) {
+pub fn schedule(exchange: Ready) {
     let Some(bridge) = BRIDGE.get() else { return };
     let mut ready = bridge.ready.lock().unwrap_or_else(|e| e.into_inner());
     let was_empty = ready.is_empty();
@@ -65,18 +72,26 @@ pub fn schedule(exchange: Arc<Exchange>) {
 
 /// Event-loop handler of the eventfd's read event.
 extern "C" fn on_wakeup(_ev: *mut ngx_event_t) {
-    let Some(bridge) = BRIDGE.get() else { return };
-    let mut counter: u64 = 0;
-    // SAFETY: reading 8 bytes into a local u64 from our non-blocking eventfd resets it.
-    unsafe {
-        libc::read(
-            bridge.eventfd,
-            &mut counter as *mut u64 as *mut libc::c_void,
-            8,
-        )
-    };
-    let batch = std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()));
+    let batch = no_unwind(Site::PROCESS, "bridge", Vec::new(), || {
+        let Some(bridge) = BRIDGE.get() else {
+            return Vec::new();
+        };
+        let mut counter: u64 = 0;
+        // SAFETY: reading 8 bytes into a local u64 from our non-blocking eventfd resets it.
+        unsafe {
+            libc::read(
+                bridge.eventfd,
+                &mut counter as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        std::mem::take(&mut *bridge.ready.lock().unwrap_or_else(|e| e.into_inner()))
+    });
+    // Each request's output is guarded on its own (output::pump): one request's panic
+    // ends that request, not the others'.
     for exchange in batch {
-        crate::no_unwind((), || crate::output::pump(&exchange));
+        no_unwind(Site::PROCESS, "bridge", (), || {
+            crate::output::pump(exchange)
+        });
     }
 }

@@ -13,11 +13,13 @@
 //! Nothing else changes: without worker_shutdown_timeout, or for a client that merely
 //! left, the worker still waits for the app to return.
 
-use crate::output::{release, RequestCtx};
+use crate::output::RequestCtx;
+use crate::{no_unwind, Site};
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -32,53 +34,77 @@ static GIL_HELD: AtomicBool = AtomicBool::new(false);
 /// Adds the request cleanup that watches for the shutdown timeout while the thread owns
 /// the request. False if the pool is out of memory.
 ///
-/// SAFETY: r is live, on the event loop; ctx is r's context (freed with r's pool, after
-/// the request's cleanups have run).
-pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: *mut RequestCtx) -> bool {
-    let cln = ngx_http_cleanup_add(r, 0);
+/// # Safety
+/// r is live, on the event loop; ctx is r's context (freed with r's pool, after the
+/// request's cleanups have run).
+pub unsafe fn watch(r: *mut ngx_http_request_t, ctx: NonNull<RequestCtx>) -> bool {
+    // SAFETY: r is live (caller).
+    let cln = unsafe { ngx_http_cleanup_add(r, 0) };
     if cln.is_null() {
         return false;
     }
-    (*cln).handler = Some(on_terminate);
-    (*cln).data = ctx as *mut c_void;
+    // SAFETY: cln is a fresh cleanup of r; ctx outlives r's cleanups (caller).
+    unsafe {
+        (*cln).handler = Some(on_terminate);
+        (*cln).data = ctx.as_ptr() as *mut c_void;
+    }
     true
 }
 
 /// Request cleanup: run when nginx terminates the request (and when it frees it).
 extern "C" fn on_terminate(data: *mut c_void) {
-    // SAFETY: data is the request's ctx (see watch), alive while the request's cleanups
-    // run; called on the event loop.
-    crate::no_unwind((), || unsafe {
-        let ctx = &mut *(data as *mut RequestCtx);
-        if !ctx.blocked {
+    // SAFETY: data is the request's ctx (see watch), alive with its request while the
+    // request's cleanups run; called on the event loop.
+    let site = unsafe { Site::ending(data as *mut RequestCtx) };
+    no_unwind(site, "request cleanup", (), || {
+        // SAFETY: as above; the only reference to ctx while it is used.
+        let ctx = unsafe { &mut *(data as *mut RequestCtx) };
+        if !ctx.held_by_thread() {
             return; // the thread is done with the request
         }
-        let r = ctx.r;
-        let c = (*r).connection;
-        // c->close on a busy connection of an exiting worker: the shutdown timeout.
-        if ngx_exiting == 0 || (*c).close() == 0 {
+        let r = ctx.r();
+        // SAFETY: r is live while its cleanups run, so is its connection; ngx_exiting is
+        // only written on this (the event-loop) thread.
+        let (c, shutdown_timeout) = unsafe {
+            let c = (*r).connection;
+            // c->close on a busy connection of an exiting worker: the shutdown timeout.
+            (c, ngx_exiting != 0 && (*c).close() != 0)
+        };
+        // SAFETY: as above.
+        let log = unsafe { (*c).log };
+        if !shutdown_timeout {
             // Terminated for another reason (the client left): nginx has dropped the
             // request's cleanups, so watch again for a shutdown timeout to come.
-            if !watch(r, ctx) {
+            let again = NonNull::new(data as *mut RequestCtx).expect("watched ctx");
+            // SAFETY: r is live, on the event loop, and `again` is its context.
+            if !unsafe { watch(r, again) } {
                 ngx_log_error!(
                     NGX_LOG_ALERT,
-                    (*c).log,
+                    log,
                     "wsgi: cannot watch the request for worker_shutdown_timeout"
                 );
             }
             return;
         }
-        let thread = ctx.exchange.abandon();
-        log_stuck((*c).log, thread);
-        release(ctx);
-        if (*r).header_sent() == 0 {
-            (*r).headers_out.status = NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_uint_t;
+        // From now on the thread's output is dropped and its body reads fail.
+        // SAFETY: r is live, on the event loop.
+        let Some(released) = (unsafe { ctx.release() }) else {
+            return;
+        };
+        // SAFETY: log is the live connection's.
+        unsafe { log_stuck(log, released.python_thread) };
+        // SAFETY: r is live (its cleanups are running).
+        unsafe {
+            if (*r).header_sent() == 0 {
+                (*r).headers_out.status = NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_uint_t;
+            }
         }
         // ngx_http_terminate_request goes on from here and closes the request.
     })
 }
 
-/// SAFETY: log is the request's connection log; on the event loop.
+/// # Safety
+/// log is the request's connection log; on the event loop.
 unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>) {
     let (state, stack) = match thread.map(|t| (t, python_stack(t))) {
         None => (
@@ -104,6 +130,34 @@ unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>) {
     for line in stack.iter().flat_map(|s| s.lines()) {
         ngx_log_error!(NGX_LOG_WARN, log, "wsgi: {}", line);
     }
+}
+
+/// The Python stack of `thread`, formatted on a short-lived thread that the caller does
+/// not wait for: the result comes through the receiver (None if no thread could start).
+/// At most STACKS_AT_ONCE such threads wait for the GIL at a time: if it stays taken
+/// (a C extension holding it), later reports go without a stack instead of piling up
+/// threads.
+pub fn python_stack_later(thread: u64) -> Option<mpsc::Receiver<Result<Option<String>, String>>> {
+    const STACKS_AT_ONCE: usize = 4;
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
+    let runtime = crate::worker::get()?.runtime;
+    if WAITING.fetch_add(1, Ordering::AcqRel) >= STACKS_AT_ONCE {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rwsgi-stack".into())
+        .spawn(move || {
+            let stack = runtime.thread_stack(thread);
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(stack);
+        });
+    if spawned.is_err() {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(rx)
 }
 
 /// The Python stack of `thread`, formatted on a short-lived thread so that the event

@@ -1,9 +1,10 @@
 //! Per-worker-process state, created in init_process (after fork, never in the master):
 //! the interpreter, the imported apps, the Python thread pool and the loop bridge.
 
-use crate::config::{MainConf, DEFAULT_MAX_QUEUE, DEFAULT_THREADS};
+use crate::config::MainConf;
 use ngx::ffi::*;
 use ngx::ngx_log_error;
+use rwsgi::metrics::{AppCounters, Metrics};
 use rwsgi::pool::WorkerPool;
 use rwsgi::{Runtime, ServerTraits};
 use std::sync::OnceLock;
@@ -13,9 +14,44 @@ pub struct Worker {
     pub pool: WorkerPool,
     pub threads: usize,
     pub max_queue: usize,
+    /// wsgi_stuck_after, in seconds.
+    pub stuck_after: u64,
 }
 
 static WORKER: OnceLock<Worker> = OnceLock::new();
+/// This worker's handle on the status counters in the shared zone (config.rs).
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// The counters of the app mounted as `name` (None without a zone, or all slots taken).
+pub fn app_metrics(name: &str) -> Option<&'static AppCounters> {
+    metrics()?.app(name)
+}
+
+/// Attaches this worker to the status counters and counts its start.
+///
+/// # Safety
+/// Once per worker, from init_process, after nginx has mapped and initialized the zones.
+pub unsafe fn attach_metrics(mc: &MainConf) {
+    let Some(zone) = mc.zone else { return };
+    // SAFETY: the zone is this config's, initialized by config::init_zone, which set data
+    // to the counters' block (or left it null if it failed).
+    let base = unsafe { (*zone.as_ptr()).data } as *mut u8;
+    if base.is_null() {
+        return;
+    }
+    // SAFETY: base is the block init_zone set up, mapped for the worker's whole life.
+    let metrics = unsafe { Metrics::attach(base) };
+    metrics.worker_started();
+    // Every configured app shows on the page from the start, requests or not.
+    for (name, _) in &mc.mounts {
+        let _ = metrics.app(name);
+    }
+    let _ = METRICS.set(metrics);
+}
 
 pub fn get() -> Option<&'static Worker> {
     WORKER.get()
@@ -24,16 +60,19 @@ pub fn get() -> Option<&'static Worker> {
 /// Starts Python and the pool in this worker. Failures are logged; the worker keeps
 /// serving its other locations and WSGI requests get a 500.
 ///
-/// SAFETY: runs once per worker on the event-loop thread, from init_process.
+/// # Safety
+/// Runs once per worker on the event-loop thread, from init_process, with nginx's live
+/// cycle.
 pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
-    let log = (*cycle).log;
+    // SAFETY: cycle is live (caller).
+    let log = unsafe { (*cycle).log };
     tune_malloc();
     let home = mc.python_home.as_deref().map(std::path::Path::new);
-    let threads = mc.threads.unwrap_or(DEFAULT_THREADS);
-    let max_queue = mc.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+    let (threads, max_queue) = (mc.threads(), mc.max_queue());
     let traits = ServerTraits {
-        multithread: threads > 1,
-        multiprocess: ngx_ccf_worker_processes(cycle) > 1,
+        multithread: threads.max > 1,
+        // SAFETY: cycle is live (caller).
+        multiprocess: unsafe { ngx_ccf_worker_processes(cycle) } > 1,
     };
     let runtime = match Runtime::start(home, traits) {
         Ok(runtime) => runtime,
@@ -42,7 +81,8 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
             return;
         }
     };
-    if let Err(e) = crate::bridge::start(cycle) {
+    // SAFETY: once per worker, on the event loop, from init_process (caller).
+    if let Err(e) = unsafe { crate::bridge::start(cycle) } {
         ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
         return;
     }
@@ -62,6 +102,11 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
                 for line in error.traceback.lines() {
                     ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
                 }
+                for (name, _) in mc.mounts.iter().filter(|(_, s)| s == spec) {
+                    if let Some(app) = app_metrics(name) {
+                        app.import_failed();
+                    }
+                }
             }
         }
     }
@@ -80,8 +125,9 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let _ = WORKER.set(Worker {
         runtime,
         pool,
-        threads,
+        threads: threads.max,
         max_queue,
+        stuck_after: mc.stuck_after(),
     });
 }
 
@@ -116,12 +162,20 @@ const MMAP_THRESHOLD: libc::c_int = 4 << 20;
 const TRIM_THRESHOLD: libc::c_int = 8 << 20;
 
 /// worker_processes from the core module's conf.
+///
+/// # Safety
+/// cycle is nginx's live cycle; on nginx's main thread.
 unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    let ccf = *(*cycle).conf_ctx.add(ngx_core_module.index) as *mut ngx_core_conf_t;
-    if ccf.is_null() {
-        1
-    } else {
-        (*ccf).worker_processes
+    // SAFETY: a live cycle's conf_ctx has a slot per core module, the core module's
+    // holding its ngx_core_conf_t (or null); ngx_core_module is only written while nginx
+    // loads modules, before this runs.
+    unsafe {
+        let ccf = *(*cycle).conf_ctx.add(ngx_core_module.index) as *mut ngx_core_conf_t;
+        if ccf.is_null() {
+            1
+        } else {
+            (*ccf).worker_processes
+        }
     }
 }
 
@@ -129,7 +183,8 @@ unsafe fn ngx_ccf_worker_processes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// here, off the GIL: queue a job that attaches to Python, which frees them now instead of
 /// whenever the next request comes.
 ///
-/// SAFETY: event-loop thread only (wake_pool_soon).
+/// # Safety
+/// Event-loop thread only (wake_pool_soon).
 pub unsafe fn free_dropped_chunks_soon() {
     let Some(worker) = get() else { return };
     if !worker.runtime.chunks_dropped_off_gil() {
@@ -138,7 +193,8 @@ pub unsafe fn free_dropped_chunks_soon() {
     // A full queue means requests are coming, and each of them attaches anyway.
     let job = worker.runtime.free_dropped_chunks_job();
     if worker.pool.enqueue(job).is_ok() {
-        wake_pool_soon();
+        // SAFETY: on the event loop (caller).
+        unsafe { wake_pool_soon() };
     }
 }
 
@@ -148,19 +204,25 @@ static mut WAKE_EVENT: std::mem::MaybeUninit<ngx_event_t> = std::mem::MaybeUnini
 
 /// Asks for the pool to be woken after the current batch of events.
 ///
-/// SAFETY: event-loop thread only (WAKE_EVENT is only touched there).
+/// # Safety
+/// Event-loop thread only (WAKE_EVENT is only touched there).
 pub unsafe fn wake_pool_soon() {
-    let ev = (*std::ptr::addr_of_mut!(WAKE_EVENT)).as_mut_ptr();
-    if (*ev).posted() != 0 {
-        return;
+    // SAFETY: WAKE_EVENT is only touched on the event-loop thread (caller), so this is
+    // the only access to it now; a zeroed ngx_event_t is a valid, unposted event.
+    let ev = unsafe { (*std::ptr::addr_of_mut!(WAKE_EVENT)).as_mut_ptr() };
+    // SAFETY: as above; ngx_cycle and ngx_posted_events are the loop's, which we are on.
+    unsafe {
+        if (*ev).posted() != 0 {
+            return;
+        }
+        (*ev).handler = Some(wake_pool);
+        (*ev).log = (*ngx_cycle).log;
+        ngx_post_event(ev, std::ptr::addr_of_mut!(ngx_posted_events));
     }
-    (*ev).handler = Some(wake_pool);
-    (*ev).log = (*ngx_cycle).log;
-    ngx_post_event(ev, std::ptr::addr_of_mut!(ngx_posted_events));
 }
 
 extern "C" fn wake_pool(_ev: *mut ngx_event_t) {
-    crate::no_unwind((), || {
+    crate::no_unwind(crate::Site::PROCESS, "pool wake-up", (), || {
         if let Some(worker) = get() {
             worker.pool.wake();
         }

@@ -6,17 +6,32 @@ import signal
 import subprocess
 import time
 
-from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, children_of,
-                     wait_port, wait_until)
+from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, REPO, Mount, Server, ServerError,
+                     children_of, wait_port, wait_until)
 
 # RWSGI_NGINX: another nginx binary (one built from source, make matrix); the module must
 # have been built against that nginx's configured tree.
 NGINX = os.environ.get("RWSGI_NGINX") or "/usr/sbin/nginx"
+# The module built with its test-only fault-injection feature (`make fault-module`): a
+# request header X-Rwsgi-Fault makes its loop side panic (ngx-module/src/fault.rs).
+FAULT_MODULE = REPO / "target" / "modules-fault" / "ngx_http_rwsgi_module.so"
 
 
 class NginxServer(Server):
     kind = "nginx"
     module_path = MODULES / "ngx_http_rwsgi_module.so"
+
+    def __init__(self, module_path=None):
+        """`module_path`: load this build of the module instead (e.g. FAULT_MODULE)."""
+        super().__init__()
+        if module_path is not None:
+            self.module_path = module_path
+
+    def check_module(self):
+        if self.module_path == FAULT_MODULE and not FAULT_MODULE.is_file():
+            raise ServerError(f"{FAULT_MODULE} does not exist: run `make fault-module` "
+                              "(make test-servers builds it)")
+        super().check_module()
 
     @property
     def conf_path(self):
