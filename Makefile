@@ -82,6 +82,9 @@ build: deps $(NGINX_CONFIGURED)
 	mv -f $(MODULES)/ngx_http_rwsgi_module.so.new $(MODULES)/ngx_http_rwsgi_module.so
 	install -m 0755 $(CARGO_TARGET_DIR)/release/libmod_rwsgi.so $(MODULES)/mod_rwsgi.so.new
 	mv -f $(MODULES)/mod_rwsgi.so.new $(MODULES)/mod_rwsgi.so
+	@# daemon mode's supervisor and app processes; the modules look for it beside them
+	install -m 0755 $(CARGO_TARGET_DIR)/release/rwsgi-daemon $(MODULES)/rwsgi-daemon.new
+	mv -f $(MODULES)/rwsgi-daemon.new $(MODULES)/rwsgi-daemon
 	@chmod o+rx $(CURDIR) $(CURDIR)/target $(MODULES)
 
 # tests/test_faults.py: panics injected on the loop side (ngx-module/src/fault.rs).

@@ -12,13 +12,13 @@ use std::time::SystemTime;
 
 pub const DEFAULT_CALLABLE: &str = "application";
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AppTarget {
     Script(PathBuf),
     Module(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppSpec {
     pub target: AppTarget,
     pub callable: String,

@@ -49,6 +49,11 @@ impl Chunk {
         Chunk(Inner::Copied(data.to_vec()))
     }
 
+    /// Bytes that already have their own buffer (read from a socket, say).
+    pub fn owned(data: Vec<u8>) -> Chunk {
+        Chunk(Inner::Copied(data))
+    }
+
     /// The first `len` bytes of `bytes` (all of them if it is shorter).
     pub fn from_bytes(bytes: &Bound<'_, PyBytes>, len: usize) -> Chunk {
         let data = bytes.as_bytes();

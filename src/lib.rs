@@ -8,6 +8,7 @@ mod app;
 mod call;
 mod chunk;
 mod config_names;
+pub mod daemon;
 mod environ;
 mod errors;
 mod file_wrapper;

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 
 /// One request, copied out of the server's own request struct before Python runs.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Request {
     pub method: String,
     /// Mount point, URL-decoded bytes (becomes a latin-1 str).

@@ -86,6 +86,42 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Checks a head that arrives already encoded, from a process that may not be trusted (a
+/// daemon-mode app process runs the tenant's code): the same rules as for an app's
+/// `start_response`, on the latin-1 bytes, so that no head reaches a server that the
+/// engine itself would have refused.
+pub fn check_encoded_head(
+    status: u16,
+    status_line: &[u8],
+    headers: &[(Vec<u8>, Vec<u8>)],
+    content_length: Option<u64>,
+) -> Result<(), InvalidResponse> {
+    let latin1 = |b: &[u8]| b.iter().map(|&c| c as char).collect::<String>();
+    let parsed = parse_status(&latin1(status_line))?;
+    if parsed.code != status {
+        return Err(InvalidResponse(format!(
+            "status {status} does not match its line {:?}",
+            parsed.line
+        )));
+    }
+    for (name, value) in headers {
+        let name = latin1(name);
+        check_header_name(&name)?;
+        check_header_value(&name, &latin1(value))?;
+        if is_hop_by_hop(&name) || name.eq_ignore_ascii_case("content-length") {
+            return Err(InvalidResponse(format!(
+                "header {name:?} is the server's to set"
+            )));
+        }
+    }
+    if status == 204 && content_length.is_some() {
+        return Err(InvalidResponse(
+            "a 204 response has no Content-Length".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn is_text_char(c: char) -> bool {
     let n = c as u32;
     (0x20..0x7f).contains(&n) || (0xa0..=0xff).contains(&n)

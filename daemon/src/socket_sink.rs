@@ -1,0 +1,264 @@
+//! The engine's [`ResponseSink`] in an app process: output events become frames on the
+//! connection to the server worker (rwsgi::daemon::messages).
+//!
+//! The sink contract says `log` never waits, while `send` may block on a slow client
+//! (the server stops reading our socket when its client does not read). So bytes go out
+//! through one queue, `Writer::out`, written in order by whoever holds the writer:
+//! `send` writes it out completely, blocking; `log` appends its frame and, only if the
+//! writer is free, writes what the socket takes without blocking. Frames stay whole on
+//! the wire because the queue is only ever written from its front. A log line that
+//! comes while `send` holds the writer waits in `pending` (bounded) for the next holder.
+//! After the final event, lines go to stderr, the server's main error log.
+
+use rwsgi::daemon::fd_passing::send_with_file;
+use rwsgi::daemon::messages::{encode_event, FromApp};
+use rwsgi::daemon::DATA_FRAME;
+use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard};
+
+/// Log bytes that may wait for the writer; past this, lines go to stderr instead.
+const MAX_PENDING_LOG: usize = 1 << 20;
+
+pub struct SocketSink {
+    writer: Mutex<Writer>,
+    /// Log frames that came while the writer was busy.
+    pending: Mutex<Vec<u8>>,
+    /// The server takes files as descriptors (it said so in its REQUEST).
+    accepts_files: bool,
+    /// "group NAME, GET /uri", for lines that end up on stderr.
+    context: String,
+    /// A second handle on the same socket, to shut it down while a write blocks.
+    control: UnixStream,
+}
+
+struct Writer {
+    stream: UnixStream,
+    /// Encoded frames not yet written, in order.
+    out: Vec<u8>,
+    head_sent: bool,
+    /// The final event went out (or the request was failed from outside).
+    finished: bool,
+    /// A write failed: the server or its client is gone.
+    broken: bool,
+}
+
+impl SocketSink {
+    pub fn new(stream: UnixStream, accepts_files: bool, context: String) -> io::Result<SocketSink> {
+        Ok(SocketSink {
+            control: stream.try_clone()?,
+            writer: Mutex::new(Writer {
+                stream,
+                out: Vec::with_capacity(16 * 1024),
+                head_sent: false,
+                finished: false,
+                broken: false,
+            }),
+            pending: Mutex::new(Vec::new()),
+            accepts_files,
+            context,
+        })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves waiting log frames to the end of the writer's queue.
+    fn take_pending(&self, w: &mut Writer) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        w.out.append(&mut pending);
+    }
+
+    /// Asks the server for up to `n` body bytes (the body reader's half of the sink).
+    pub fn request_body(&self, n: u32) -> io::Result<()> {
+        let mut w = self.writer();
+        if w.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.take_pending(&mut w);
+        FromApp::Read(n).encode(&mut w.out);
+        w.flush().inspect_err(|_| w.broken = true)
+    }
+
+    /// A request past its request-timeout: answer 504 if nothing was sent yet, else cut
+    /// the response so the client sees it broken. Either way the app's later output is
+    /// refused (its next write raises, and the engine closes its iterable). Never waits
+    /// for a thread blocked on the client: its socket is shut down instead.
+    pub fn time_out(&self) {
+        let Ok(mut w) = self.writer.try_lock() else {
+            // The writer's holder is blocked in a write: shutting the socket down through
+            // the second handle wakes it with an error.
+            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            return;
+        };
+        if w.finished {
+            return;
+        }
+        if !w.head_sent && !w.broken {
+            encode_event(&OutputEvent::Fail(504), &mut w.out);
+            let _ = w.flush();
+        }
+        w.finished = true;
+        w.broken = true;
+        let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Writer {
+    /// Writes the whole queue, blocking (with the socket's write timeout).
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out);
+            self.out.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now; keeps the rest queued.
+    fn flush_without_waiting(&mut self) {
+        let mut sent = 0;
+        while sent < self.out.len() {
+            let rest = &self.out[sent..];
+            // SAFETY: rest is a live slice for the call; the fd is the open stream's.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n <= 0 {
+                if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                    self.broken = true;
+                }
+                break;
+            }
+            sent += n as usize;
+        }
+        self.out.drain(..sent);
+    }
+
+    /// Sends `len` bytes of `file` from `offset`: as a descriptor the server sends from,
+    /// or, when it cannot take one, as data frames read here.
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+        as_descriptor: bool,
+    ) -> io::Result<()> {
+        let event = OutputEvent::File {
+            file: file.try_clone()?,
+            offset,
+            len,
+        };
+        if as_descriptor {
+            self.flush()?;
+            encode_event(&event, &mut self.out);
+            let frame = std::mem::take(&mut self.out);
+            // The descriptor goes with the first bytes; the rest of a short write follows
+            // as plain bytes.
+            let n = send_with_file(self.stream.as_raw_fd(), &frame, file)?;
+            return self.stream.write_all(&frame[n..]);
+        }
+        let mut buf = vec![0u8; DATA_FRAME.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let want = buf.len().min((len - done) as usize);
+            let n = file.read_at(&mut buf[..want], offset + done)?;
+            if n == 0 {
+                // The file is shorter than the app said: the engine's framing reports
+                // the shortfall (its Content-Length check) once it ends the response.
+                break;
+            }
+            encode_event(
+                &OutputEvent::Data(rwsgi::Chunk::copied(&buf[..n])),
+                &mut self.out,
+            );
+            self.flush()?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl ResponseSink for SocketSink {
+    fn send(&self, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone> {
+        let mut w = self.writer();
+        if w.broken || w.finished {
+            events.clear();
+            return Err(ClientGone);
+        }
+        self.take_pending(&mut w);
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            if result.is_err() {
+                continue;
+            }
+            match &event {
+                OutputEvent::Head(_) => w.head_sent = true,
+                e if e.is_final() => w.finished = true,
+                _ => {}
+            }
+            result = match &event {
+                OutputEvent::File { file, offset, len } => {
+                    w.send_file(file, *offset, *len, self.accepts_files)
+                }
+                other => {
+                    encode_event(other, &mut w.out);
+                    Ok(())
+                }
+            };
+        }
+        let result = result.and_then(|()| w.flush());
+        if result.is_err() {
+            w.broken = true;
+            return Err(ClientGone);
+        }
+        Ok(())
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        if let Ok(mut w) = self.writer.try_lock() {
+            if w.finished || w.broken {
+                drop(w);
+                return self.log_to_stderr(level, message);
+            }
+            self.take_pending(&mut w);
+            FromApp::Log(level, message.to_string()).encode(&mut w.out);
+            w.flush_without_waiting();
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() + message.len() > MAX_PENDING_LOG {
+            drop(pending);
+            return self.log_to_stderr(level, message);
+        }
+        FromApp::Log(level, message.to_string()).encode(&mut pending);
+    }
+}
+
+impl SocketSink {
+    fn log_to_stderr(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+        };
+        let mut err = io::stderr().lock();
+        for line in message.lines() {
+            let _ = writeln!(
+                err,
+                "rwsgi-app[{}] {level}: {}: {line}",
+                std::process::id(),
+                self.context
+            );
+        }
+    }
+}
