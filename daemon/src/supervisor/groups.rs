@@ -338,7 +338,7 @@ impl Groups {
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
             let r = self.retiring.remove(i);
             info!(
-                "group {}: old app process {pid} {} after {:.1} s",
+                "group {}: app process {pid} (stopping) {} after {:.1} s",
                 r.group,
                 describe(status),
                 r.started.elapsed().as_secs_f64()
