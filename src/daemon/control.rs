@@ -137,11 +137,12 @@ pub fn ensure(dir: &Path, program: &Path, apply: &Apply) -> Result<Vec<Endpoint>
         }
         Err(e) => return Err(e),
     };
+    // The connection stays the lifeline after a refused apply too: the supervisor
+    // changed nothing, and the groups of the previous apply keep serving this server's
+    // workers (a reload with a bad group must not stop them all).
+    lifelines.push((dir.to_path_buf(), conn));
     match reply {
-        ControlReply::Applied { groups } => {
-            lifelines.push((dir.to_path_buf(), conn));
-            Ok(groups)
-        }
+        ControlReply::Applied { groups } => Ok(groups),
         ControlReply::Error { error } => Err(error),
         ControlReply::Status { .. } => Err("the supervisor answered out of turn".into()),
     }
