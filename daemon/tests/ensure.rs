@@ -37,11 +37,8 @@ fn group(user: &str) -> GroupSpec {
 #[test]
 fn ensure_starts_adopts_and_keeps_the_lifeline_of_a_supervisor() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test runs the supervisor: run it as root"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test runs the supervisor: run it as root");
     let program = PathBuf::from(env!("CARGO_BIN_EXE_rwsgi-daemon"));
     let dir = PathBuf::from(format!("/tmp/rwsgi-sup-ensure-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
