@@ -29,8 +29,19 @@ pub fn require_root() -> Result<(), String> {
 
 /// Closes every inherited descriptor but stderr (the server's error log), reads stdin
 /// from /dev/null and sends stdout to stderr (so an app's stray prints are logged).
+/// A standard descriptor the caller left closed is opened on /dev/null first, or the
+/// next file opened would take its number and receive everything written to it.
 pub fn sanitize_descriptors() {
     sys::close_from(3);
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor's flags; open takes a static path and
+        // returns the lowest free number, which is `fd` since the lower ones are open.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
     if let Ok(null) = File::open("/dev/null") {
         // SAFETY: dup2 onto the standard descriptors, from descriptors open here.
         unsafe {
