@@ -85,6 +85,9 @@ SERVERS = {
     "granian": "granian --interface wsgi --http 1, workers x blocking threads",
     "rwsgi-nginx": "nginx + ngx_http_rwsgi_module.so, worker_processes x wsgi_threads",
     "rwsgi-apache": "Apache event MPM + mod_rwsgi.so, processes x ThreadsPerChild",
+    "mod_wsgi-daemon": "Apache event MPM + mod_wsgi daemon mode (WSGIDaemonProcess processes x threads, %{GLOBAL})",
+    "rwsgi-nginx-daemon": "nginx + rwsgi daemon mode (wsgi_daemon processes x threads)",
+    "rwsgi-apache-daemon": "Apache event MPM + mod_rwsgi daemon mode (WSGIDaemonProcess processes x threads)",
 }
 STATIC_SERVERS = {"nginx-static", "apache-static"}
 REFERENCE = "rwsgi-nginx"
@@ -102,6 +105,8 @@ RATIO_GOALS = [
     ("Apache module, POST 1 MiB >= mod_wsgi embedded", "rwsgi-apache", "mod_wsgi", "upload", 1.0),
     ("nginx module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-nginx", "mod_wsgi", "file", 1.0),
     ("Apache module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-apache", "mod_wsgi", "file", 1.0),
+    ("nginx daemon mode, hello >= 1.5x mod_wsgi daemon mode", "rwsgi-nginx-daemon", "mod_wsgi-daemon", "hello", 1.5),
+    ("Apache daemon mode, hello >= 1.5x mod_wsgi daemon mode", "rwsgi-apache-daemon", "mod_wsgi-daemon", "hello", 1.5),
 ]
 RSS_SETTLE_S = 0.5   # pause between a run's end and its RSS reading (workers idle by then)
 RSS_FLAT = 1.10   # "RSS stays flat": last round's RSS <= 1.10 x first round's (+1 MiB slack)
@@ -428,6 +433,22 @@ def start_server(inst):
         start_apache(inst, f"LoadModule wsgi_module {MOD_WSGI_SO}",
                      f"WSGIApplicationGroup %{{GLOBAL}}\nWSGIEnableSendfile On\n"
                      f"WSGIScriptAlias / {app}\n{directory}")
+    elif s == "mod_wsgi-daemon":
+        start_apache(inst, f"LoadModule wsgi_module {MOD_WSGI_SO}",
+                     f"WSGISocketPrefix {ctx.run}/{inst.tag}-wsgi\n"
+                     f"WSGIDaemonProcess bench processes={PROCS} threads={t}\n"
+                     f"WSGIProcessGroup bench\nWSGIApplicationGroup %{{GLOBAL}}\n"
+                     f"WSGIEnableSendfile On\nWSGIScriptAlias / {app}\n{directory}")
+    elif s == "rwsgi-nginx-daemon":
+        start_nginx(inst, f"        location / {{ wsgi_process_group bench; wsgi_app {app}; }}",
+                    http_extra=f"    wsgi_socket_prefix {ctx.run}/{inst.tag}-rwsgi;\n"
+                               f"    wsgi_daemon bench processes={PROCS} threads={t};",
+                    load_module=True)
+    elif s == "rwsgi-apache-daemon":
+        start_apache(inst, f"LoadModule rwsgi_module {APACHE_MODULE}",
+                     f"WSGISocketPrefix {ctx.run}/{inst.tag}-wsgi\n"
+                     f"WSGIDaemonProcess bench processes={PROCS} threads={t}\n"
+                     f"WSGIProcessGroup bench\nWSGIScriptAlias / {app}\n{directory}")
     elif s in ("rwsgi-apache", "rwsgi-apache-base"):
         module = APACHE_MODULE if s == "rwsgi-apache" else BASE[0] / APACHE_MODULE.name
         start_apache(inst, f"LoadModule rwsgi_module {module}",
