@@ -467,11 +467,11 @@ def test_maximum_requests_recycles_without_failed_requests(run, sup, tenants):
     # Each process serves its 3 requests (the app process may accept one more while the
     # third finishes), then the next one takes over.
     assert len(runs) >= 3 and all(3 <= r <= 4 for r in runs[:-1]), pids
-    sup.wait_log(r"group recycle: app process \d+ exited \(recycled\)", count=3)
+    sup.wait_log(r"group recycle: app process \d+ exited \(recycled\)", count=len(runs) - 1)
     c2 = sup.control()
     status = c2.call({"op": "status"})
     c2.close()
-    assert status["groups"][0]["restarts"] >= 3
+    assert status["groups"][0]["restarts"] >= len(runs) - 1
 
 
 def test_touching_the_script_gives_a_new_process(run, sup, tenants):
