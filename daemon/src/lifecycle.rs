@@ -74,6 +74,7 @@ pub struct Lifecycle {
     /// whose REQUEST is not read yet is not in `in_flight`, and exiting then would reset
     /// it (the server worker would see a failed request).
     connections: AtomicUsize,
+    /// Connections taken, for maximum-requests.
     served: AtomicU64,
     last_request: Mutex<Instant>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
@@ -111,9 +112,16 @@ impl Lifecycle {
         !self.stopping.load(Ordering::SeqCst)
     }
 
-    /// The accepting thread took a connection off the backlog.
+    /// The accepting thread took a connection off the backlog. maximum-requests counts
+    /// here (each connection carries one request), before the next accept: counted when
+    /// a request finishes, a process would take more while its last ones are finishing.
     pub fn connection_accepted(&self) {
         self.connections.fetch_add(1, Ordering::SeqCst);
+        let taken = self.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let max = self.group.maximum_requests;
+        if max > 0 && taken >= max {
+            self.stop(&format!("took maximum-requests={max}"));
+        }
     }
 
     /// A serving thread is done with a connection.
@@ -155,11 +163,6 @@ impl Lifecycle {
     pub fn finish(&self, id: u64) {
         self.lock_in_flight().remove(&id);
         *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let served = self.served.fetch_add(1, Ordering::SeqCst) + 1;
-        let max = self.group.maximum_requests;
-        if max > 0 && served >= max {
-            self.stop(&format!("served maximum-requests={max}"));
-        }
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
