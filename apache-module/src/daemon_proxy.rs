@@ -262,7 +262,11 @@ impl Relay<'_> {
 
     /// The exchange broke: logs why; a response already on its way is cut.
     fn broken(&mut self, batch: &mut Vec<OutputEvent>, e: io::Error) -> Option<c_int> {
-        let _ = self.deliver(batch);
+        // (An empty batch would pass the default head down: nothing must go out unless
+        // the app produced it.)
+        if !batch.is_empty() {
+            let _ = self.deliver(batch);
+        }
         let passed = self.live.with(|s| s.passed || s.gone).unwrap_or(true);
         let (status, why) = if e.kind() == io::ErrorKind::TimedOut {
             (
