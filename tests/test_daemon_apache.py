@@ -26,8 +26,8 @@ import uuid
 
 import pytest
 
-from harness.apache import APACHE, ApacheServer
-from harness.common import children_of, pid_alive, wait_until
+from harness.apache import ApacheServer
+from harness.common import wait_until
 from harness.http import Closed, Conn, build_request, get, request, timed_stream
 
 pytestmark = pytest.mark.server_side
