@@ -226,6 +226,22 @@ impl Running {
         }
     }
 
+    /// Counted like [`Running::start`], but not watched: for a request proxied to a
+    /// daemon process group, whose app process reports its own stuck requests
+    /// (request-timeout) with their stacks.
+    pub fn start_unwatched(_req: Req<'_>, app: &str) -> Running {
+        static NEXT: AtomicU64 = AtomicU64::new(u64::MAX / 2);
+        let counters = app_metrics(app);
+        if let Some(c) = counters {
+            c.start();
+        }
+        Running {
+            key: NEXT.fetch_add(1, Ordering::Relaxed),
+            app: counters,
+            started: Instant::now(),
+        }
+    }
+
     /// The app returned: counts how the request ended.
     pub fn end(mut self, req: Req<'_>, status: c_int) {
         let Some(app) = self.app.take() else { return };
