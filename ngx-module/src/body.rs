@@ -114,9 +114,9 @@ impl NginxBody {
                     buf[..n].copy_from_slice(src);
                 };
                 match side {
-                    Some(side) => side.while_live(copy).ok_or_else(|| {
-                        io::Error::other("the request is over; its body is gone")
-                    })?,
+                    Some(side) => side
+                        .while_live(copy)
+                        .ok_or_else(|| io::Error::other("the request is over; its body is gone"))?,
                     None => copy(),
                 }
                 *pos += n;

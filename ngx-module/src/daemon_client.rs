@@ -291,7 +291,9 @@ extern "C" fn on_retry(ev: *mut ngx_event_t) {
         match conn.try_connect() {
             // SAFETY: as above.
             Attempt::Connected => unsafe { step(ctx) },
-            Attempt::Busy if conn.started.elapsed().as_millis() < conn.target.connect_timeout as u128 => {
+            Attempt::Busy
+                if conn.started.elapsed().as_millis() < conn.target.connect_timeout as u128 =>
+            {
                 conn.schedule_retry();
                 None
             }

@@ -426,9 +426,11 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
 unsafe fn apply_request(cycle: *mut ngx_cycle_t, groups: Vec<GroupSpec>) -> Result<Apply, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("daemon mode needs nginx's master process to run as root (it starts \
+        return Err(
+            "daemon mode needs nginx's master process to run as root (it starts \
                     each group's processes as the group's user)"
-            .into());
+                .into(),
+        );
     }
     // SAFETY: a live cycle's conf_ctx has a slot per core module, the core module's
     // holding its initialized ngx_core_conf_t.
@@ -440,9 +442,11 @@ unsafe fn apply_request(cycle: *mut ngx_cycle_t, groups: Vec<GroupSpec>) -> Resu
         ((*ccf).user, (*ccf).group)
     };
     if uid == ngx_uid_t::MAX || uid == 0 {
-        return Err("daemon mode needs nginx's workers to run as an unprivileged user (the \
+        return Err(
+            "daemon mode needs nginx's workers to run as an unprivileged user (the \
                     `user` directive)"
-            .into());
+                .into(),
+        );
     }
     Ok(Apply {
         owner_pid: std::process::id(),

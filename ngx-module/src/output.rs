@@ -17,9 +17,9 @@
 //! in flight, not one per chunk it ever sent.
 
 use crate::exchange::{cost, Ready};
-use crate::producer::Producer;
 use crate::fault::{Fault, Point};
 use crate::headers::set_response_head;
+use crate::producer::Producer;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
