@@ -19,7 +19,7 @@ import time
 import pytest
 
 from harness import http as h
-from harness.common import HOST, Mount, wait_until
+from harness.common import HOST, Mount, free_port, wait_until
 from harness.nginx import NGINX, NginxServer
 
 pytestmark = pytest.mark.server_side
@@ -113,11 +113,15 @@ def daemon_server(nginx, tenants):
         group_mount("/g2", "g2"),
         Mount("/emb", "daemon_app.py", validate=False),
         group_mount("/fw", "g1", script="file_wrapper_app.py"),
-        group_mount("/envd", "g1", script="environ_app.py", script_name="/env"),
-        Mount("/enve", "environ_app.py", script_name="/env", validate=False),
+        group_mount("/env", "g1", script="environ_app.py"),
     ]
+    # The same app embedded, at the same URL, in a second server on a port of its own.
+    s.embedded_port = free_port()
+    embedded = (f"server {{ listen {HOST}:{s.embedded_port}; server_name localhost; "
+                f"location /env {{ wsgi_app {{apps}}/environ_app.py; }} }}")
     s.start(mounts, daemons={"g1": "user=rwsgi-t1 processes=2 threads=4",
-                             "g2": "user=rwsgi-t2 threads=4"}, workers=2)
+                             "g2": "user=rwsgi-t2 threads=4"}, workers=2,
+            http_extra=[embedded])
     assert wait_until(lambda: len(s.app_pids()) >= 3, 30), s.log_tail()
     return s
 
@@ -136,12 +140,18 @@ def test_hello_runs_in_its_group_as_its_user(daemon_server, tenants):
 
 def test_environ_matches_embedded_key_by_key(daemon_server):
     s = daemon_server
-    d = get_json(s.port, "/envd/x?a=1&b=%20")
-    e = get_json(s.port, "/enve/x?a=1&b=%20")
-    differ = {"REQUEST_URI", "_pid", "_thread", "wsgi.multiprocess", "wsgi.multithread"}
+    url = "/env/x%20y?a=1&b=%20"
+    hs = {"X-Custom": "v1", "Cookie": "a=b", "Accept-Encoding": "gzip"}
+    d = json.loads(h.get(s.port, url, headers=hs).body)
+    e = json.loads(h.get(s.embedded_port, url, headers=hs).body)
+    # The port and connection, and who ran it, may differ; nothing else.
+    differ = {"HTTP_HOST", "SERVER_PORT", "REMOTE_PORT", "_pid", "_thread",
+              "wsgi.multiprocess", "wsgi.multithread"}
     assert sorted(d) == sorted(e)
     assert {k: d[k] for k in d if k not in differ} == {k: e[k] for k in e if k not in differ}
-    assert d["REQUEST_URI"] == "/envd/x?a=1&b=%20" and d["SCRIPT_NAME"] == "/env"
+    assert d["REQUEST_URI"] == url and d["SCRIPT_NAME"] == "/env" and d["PATH_INFO"] == "/x y"
+    assert d["HTTP_X_CUSTOM"] == "v1"
+    assert d["_pid"] in s.app_pids("rwsgi-t1") and e["_pid"] in s.worker_pids()
     # Daemon mode: the group's 2 processes of 4 threads.
     assert d["wsgi.multiprocess"] is True and d["wsgi.multithread"] is True
 

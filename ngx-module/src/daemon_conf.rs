@@ -9,9 +9,11 @@
 //! config, so a failure refuses the reload and the old config keeps serving (a failing
 //! `init_module` would make nginx's master exit instead). At the first start (and in the
 //! new master of a binary upgrade), from `init_module` ([`apply_at_start`]), after nginx
-//! has pointed stderr at its error log: the supervisor inherits stderr, and must not keep
-//! the terminal (or the pipe of whoever started nginx) open. Never under `nginx -t` nor
-//! in the process `nginx -s` runs.
+//! has opened its error log. The supervisor inherits stderr for its own messages and its
+//! app processes'; at the first start nginx points its stderr at the error log only after
+//! init_module, so stderr is pointed there for the time of the start (the supervisor
+//! must neither write to the terminal nor keep the pipe of whoever started nginx open).
+//! Never under `nginx -t` nor in the process `nginx -s` runs.
 
 use crate::{no_unwind, Module, Site};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
@@ -384,7 +386,8 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     if let Some(parent) = dir.parent() {
         make_root_dir(parent)?;
     }
-    let endpoints = ensure(&dir, &program, &apply)?;
+    // SAFETY: cycle is live (caller), on the master's thread.
+    let endpoints = unsafe { with_stderr_on_log(cycle, || ensure(&dir, &program, &apply)) }?;
     if !applied.contains(&dir) {
         applied.push(dir.clone());
     }
@@ -455,6 +458,46 @@ unsafe fn apply_request(cycle: *mut ngx_cycle_t, groups: Vec<GroupSpec>) -> Resu
         worker_gid: gid,
         groups,
     })
+}
+
+/// Runs `start` with stderr on the cycle's error log file, as nginx itself points it
+/// once started, so that a supervisor started meanwhile logs there.
+///
+/// # Safety
+/// cycle is live, its log files open; on the master's thread (nothing else writes to
+/// stderr meanwhile).
+unsafe fn with_stderr_on_log<R>(cycle: *mut ngx_cycle_t, start: impl FnOnce() -> R) -> R {
+    // The first file log of the chain, as ngx_log_get_file_log finds it.
+    // SAFETY: a live cycle's log chain and its open files live as long as the cycle.
+    let fd = unsafe {
+        let mut log = (*cycle).log;
+        while !log.is_null() && (*log).writer.is_some() {
+            log = (*log).next;
+        }
+        if log.is_null() || (*log).file.is_null() {
+            -1
+        } else {
+            (*(*log).file).fd
+        }
+    };
+    if fd < 0 || fd == libc::STDERR_FILENO {
+        return start();
+    }
+    // SAFETY: dup/dup2/close on descriptors this process owns: fd is the error log's,
+    // saved a private copy of stderr that is closed after being put back.
+    unsafe {
+        let saved = libc::dup(libc::STDERR_FILENO);
+        if saved < 0 || libc::dup2(fd, libc::STDERR_FILENO) < 0 {
+            if saved >= 0 {
+                libc::close(saved);
+            }
+            return start();
+        }
+        let result = start();
+        libc::dup2(saved, libc::STDERR_FILENO);
+        libc::close(saved);
+        result
+    }
 }
 
 /// Creates `dir` (and its parents) as root-owned 0755 directories if missing.
