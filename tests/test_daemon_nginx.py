@@ -219,6 +219,14 @@ def test_client_abort_runs_the_apps_close(daemon_server):
     assert int(sent) < 100000
 
 
+def test_wsgi_errors_reach_the_error_log_with_the_request(daemon_server):
+    s = daemon_server
+    mark, _ = s.log_mark()
+    assert get_json(s.port, "/g1/errors?tag=abc123")["logged"] is True
+    assert s.wait_error_log(r"wsgi: group g1: a line for the error log: abc123.*"
+                            r"request: \"GET /g1/errors\?tag=abc123", mark), s.error_log(mark)
+
+
 def test_missing_group_socket_is_503_at_once(daemon_server):
     s = daemon_server
     sock = s.daemon_dir / "g2.sock"
@@ -356,6 +364,7 @@ def test_stuck_group_does_not_slow_others(nginx, tenants):
             return int(re.search(r"^Threads:\s+(\d+)", f.read(), re.M).group(1))
 
     before = threads_of(worker)
+    assert before == 1, "a worker whose locations all run in groups starts no Python threads"
     stuck = []
     for _ in range(150):
         c = socket.create_connection((HOST, s.port))
@@ -389,3 +398,53 @@ def test_request_timeout_is_504_with_the_apps_stack(nginx, tenants):
     assert r.status == 504, r
     assert time.monotonic() - t0 < 10
     assert s.wait_error_log(r"stuck_in_view", mark, timeout=10), s.error_log(mark)
+
+
+# ---- failures ---------------------------------------------------------------------------------
+
+def test_start_with_a_group_that_cannot_run_is_refused(nginx):
+    s = nginx()
+    with pytest.raises(AssertionError) as e:
+        s.start([group_mount("/g1", "g1")], daemons={"g1": "user=rwsgi-t-nosuchuser"})
+    assert "nginx does not start" in s.error_log(), str(e.value)
+    assert "rwsgi-t-nosuchuser" in s.error_log()
+    assert s.master_pid is None or not os.path.exists(f"/proc/{s.master_pid}")
+
+
+def test_reload_with_a_group_that_cannot_run_keeps_the_old_config(nginx, tenants):
+    s = nginx()
+    mounts = [group_mount("/g1", "g1")]
+    s.start(mounts, daemons={"g1": "user=rwsgi-t1"})
+    assert wait_until(lambda: len(s.app_pids()) == 1, 30), s.log_tail()
+    workers, apps = s.worker_pids(), s.app_pids()
+    mark, _ = s.log_mark()
+    s.reload(mounts, daemons={"g1": "user=rwsgi-t-nosuchuser"}, wait=False)
+    assert s.wait_error_log(r"the reload is refused", mark, timeout=10), s.error_log(mark)
+    assert s.worker_pids() == workers and s.app_pids() == apps
+    assert get_json(s.port, "/g1/whoami")["uid"] == tenants["rwsgi-t1"].pw_uid
+
+
+def test_app_process_dying_mid_request_is_502(nginx, tenants):
+    s = nginx()
+    s.start([group_mount("/g1", "g1")], daemons={"g1": "user=rwsgi-t1"})
+    assert wait_until(lambda: len(s.app_pids()) == 1, 30), s.log_tail()
+    mark, _ = s.log_mark()
+    r = h.get(s.port, "/g1/crash")
+    assert r.status == 502, r
+    assert s.wait_error_log(r"process group g1: the app process closed the connection before "
+                            r"the response ended; answering 502", mark), s.error_log(mark)
+    # The supervisor starts it again; the group serves.
+    assert wait_until(lambda: h.get(s.port, "/g1/").status == 200, 20)
+
+
+def test_socket_timeout_is_504(nginx, tenants):
+    s = nginx()
+    s.start([group_mount("/g1", "g1")], daemons={"g1": "user=rwsgi-t1 socket-timeout=1"})
+    assert wait_until(lambda: len(s.app_pids()) == 1, 30), s.log_tail()
+    mark, _ = s.log_mark()
+    t0 = time.monotonic()
+    r = h.get(s.port, "/g1/sleep?s=4")
+    assert r.status == 504, r
+    assert 0.9 < time.monotonic() - t0 < 3.5
+    assert s.wait_error_log(r"process group g1: the app process sent nothing for "
+                            r"socket-timeout=1 s; answering 504", mark), s.error_log(mark)

@@ -142,7 +142,12 @@ pub fn ensure(dir: &Path, program: &Path, apply: &Apply) -> Result<Vec<Endpoint>
             lifelines.push((dir.to_path_buf(), conn));
             Ok(groups)
         }
-        ControlReply::Error { error } => Err(error),
+        // A refused apply leaves the groups running as they were: the connection stays the
+        // lifeline (dropping it could stop every group when it was the last one).
+        ControlReply::Error { error } => {
+            lifelines.push((dir.to_path_buf(), conn));
+            Err(error)
+        }
         ControlReply::Status { .. } => Err("the supervisor answered out of turn".into()),
     }
 }
