@@ -82,6 +82,8 @@ pub struct RequestCtx {
 pub struct Released {
     /// The pool thread still running the request's Python work, if one is.
     pub python_thread: Option<u64>,
+    /// The daemon group the request was proxied to, if it was.
+    pub group: Option<String>,
 }
 
 impl RequestCtx {
@@ -243,6 +245,7 @@ impl RequestCtx {
         // SAFETY: r is live (caller).
         unsafe { self.account(None) };
         self.stack = None;
+        let group = self.producer.group().map(str::to_string);
         let python_thread = self.producer.finish();
         if self.blocked {
             // SAFETY: r is live (caller), so is its main request.
@@ -256,7 +259,10 @@ impl RequestCtx {
             // SAFETY: the guard's timer is armed (lend) and ctx is live.
             unsafe { ngx_del_timer(&mut self.guard) };
         }
-        Some(Released { python_thread })
+        Some(Released {
+            python_thread,
+            group,
+        })
     }
 
     /// Logs the thread's lines and writes its events. Some(rc) when the batch held the
