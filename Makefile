@@ -34,14 +34,18 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 
 .PHONY: deps build fault-module wheel serve-venv demo test test-rust test-servers \
 	test-frameworks matrix bench bench-ab soak lint clean install uninstall install-nginx-files \
-	install-apache-files deb
+	install-apache-files install-daemon-files deb
 
 # make install / make deb lay the modules out as Debian's own module packages do
 # (libnginx-mod-http-*, libapache2-mod-*). The config files point at $(PREFIX); nginx and
-# Apache read them from $(SYSCONFDIR) whatever the prefix.
+# Apache read them from $(SYSCONFDIR) whatever the prefix. Daemon mode's program is
+# installed once, in $(DAEMON_DIR), and linked beside each module, where the modules look
+# for it; its systemd unit goes where systemd reads units whatever the prefix.
 PREFIX ?= /usr
 SYSCONFDIR ?= /etc
+SYSTEMD_UNITDIR ?= /lib/systemd/system
 DESTDIR ?=
+DAEMON_DIR = $(PREFIX)/lib/rwsgi
 NGX_MODDIR = $(PREFIX)/lib/nginx/modules
 NGX_AVAILDIR = $(PREFIX)/share/nginx/modules-available
 NGX_ENABLEDDIR = $(SYSCONFDIR)/nginx/modules-enabled
@@ -164,6 +168,8 @@ clean:
 # nginx and apache2 services, which an install must not do): `make build` first.
 $(MODULES)/%.so:
 	@echo "$@ is missing: run 'make build' first" >&2; exit 1
+$(MODULES)/rwsgi-daemon:
+	@echo "$@ is missing: run 'make build' first" >&2; exit 1
 
 # Files that a Debian package owns must be changed by apt, not by make.
 define not_packaged
@@ -173,33 +179,49 @@ define not_packaged
 	done; fi
 endef
 
+# The supervisor runs as root: its program is root's, 0755 (the modules refuse one that
+# anyone else may write). The unit's ExecStart names it.
+install-daemon-files: $(MODULES)/rwsgi-daemon
+	$(call not_packaged,$(DAEMON_DIR)/rwsgi-daemon $(SYSTEMD_UNITDIR)/rwsgi-daemon@.service)
+	install -d -m 0755 $(DESTDIR)$(DAEMON_DIR) $(DESTDIR)$(SYSTEMD_UNITDIR)
+	install -m 0755 $< $(DESTDIR)$(DAEMON_DIR)/rwsgi-daemon
+	sed -e 's|@DAEMON_DIR@|$(DAEMON_DIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' packaging/rwsgi-daemon@.service.in > $(DESTDIR)$(SYSTEMD_UNITDIR)/rwsgi-daemon@.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/rwsgi-daemon@.service
+
+# rwsgi-daemon beside a module (a relative link, as Debian's policy wants within /usr),
+# where launch::default_program() looks; the program itself is install-daemon-files'.
+daemon_link = ln -sfn --relative $(DESTDIR)$(DAEMON_DIR)/rwsgi-daemon $(DESTDIR)$(1)/rwsgi-daemon
+
 install-nginx-files: $(MODULES)/ngx_http_rwsgi_module.so
-	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so)
+	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(NGX_MODDIR)/rwsgi-daemon)
 	install -d -m 0755 $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(NGX_AVAILDIR)
 	install -m 0644 $< $(DESTDIR)$(NGX_MODDIR)/ngx_http_rwsgi_module.so
+	$(call daemon_link,$(NGX_MODDIR))
 	sed 's|@NGX_MODDIR@|$(NGX_MODDIR)|' packaging/mod-http-rwsgi.conf.in > $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf
 	chmod 0644 $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf
 
 install-apache-files: $(MODULES)/mod_rwsgi.so
-	$(call not_packaged,$(APACHE_MODDIR)/mod_rwsgi.so)
+	$(call not_packaged,$(APACHE_MODDIR)/mod_rwsgi.so $(APACHE_MODDIR)/rwsgi-daemon)
 	install -d -m 0755 $(DESTDIR)$(APACHE_MODDIR) $(DESTDIR)$(APACHE_CONFDIR)/mods-available
 	install -m 0644 $< $(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so
+	$(call daemon_link,$(APACHE_MODDIR))
 	sed 's|@APACHE_MODDIR@|$(APACHE_MODDIR)|' packaging/rwsgi.load.in > $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load
 	install -m 0644 packaging/rwsgi.conf $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.conf
 	chmod 0644 $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load
 
 # nginx: enabled by the modules-enabled link (as a libnginx-mod-* package does on install).
 # Apache: `a2enmod rwsgi`, which refuses while mod_wsgi is enabled (Conflicts: in rwsgi.load).
-install: install-nginx-files install-apache-files
+install: install-daemon-files install-nginx-files install-apache-files
 	install -d -m 0755 $(DESTDIR)$(NGX_ENABLEDDIR)
 	ln -sfn $(NGX_AVAILDIR)/mod-http-rwsgi.conf $(DESTDIR)$(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf
 	@echo "nginx: module enabled ($(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf); 'nginx -s reload' or 'systemctl reload nginx' loads it"
 	@echo "apache: 'a2enmod rwsgi' (after 'a2dismod wsgi' if mod_wsgi is enabled), then 'systemctl restart apache2'"
 
 uninstall:
-	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(APACHE_MODDIR)/mod_rwsgi.so)
+	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(APACHE_MODDIR)/mod_rwsgi.so \
+		$(DAEMON_DIR)/rwsgi-daemon)
 	rm -f $(DESTDIR)$(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf $(DESTDIR)$(NGX_AVAILDIR)/mod-http-rwsgi.conf \
-		$(DESTDIR)$(NGX_MODDIR)/ngx_http_rwsgi_module.so
+		$(DESTDIR)$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(DESTDIR)$(NGX_MODDIR)/rwsgi-daemon
 	@# on the system: a2dismod also forgets a2enmod's record of the module
 	if [ -z "$(DESTDIR)" ] && [ -x /usr/sbin/a2dismod ] && [ -e $(APACHE_CONFDIR)/mods-available/rwsgi.load ]; then \
 		APACHE_CONFDIR=$(APACHE_CONFDIR) a2dismod -q -f -p rwsgi; fi
@@ -207,11 +229,15 @@ uninstall:
 		if [ -L $(DESTDIR)$(APACHE_CONFDIR)/mods-enabled/$$f ]; then rm -f $(DESTDIR)$(APACHE_CONFDIR)/mods-enabled/$$f; fi; \
 	done
 	rm -f $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.conf \
-		$(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so
-	@for d in $(DESTDIR)$(NGX_AVAILDIR) $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(PREFIX)/lib/nginx; do \
+		$(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so $(DESTDIR)$(APACHE_MODDIR)/rwsgi-daemon
+	@# a supervisor still running (started by a server, or the unit) keeps its open copy
+	rm -f $(DESTDIR)$(DAEMON_DIR)/rwsgi-daemon $(DESTDIR)$(SYSTEMD_UNITDIR)/rwsgi-daemon@.service
+	@for d in $(DESTDIR)$(NGX_AVAILDIR) $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(PREFIX)/lib/nginx \
+		$(DESTDIR)$(DAEMON_DIR); do \
 		if [ -d $$d ]; then rmdir --ignore-fail-on-non-empty $$d; fi; \
 	done
 
-# libnginx-mod-http-rwsgi and libapache2-mod-rwsgi in $(DEB_DIR) (packaging/mkdeb.sh).
+# rwsgi-daemon, libnginx-mod-http-rwsgi and libapache2-mod-rwsgi in $(DEB_DIR)
+# (packaging/mkdeb.sh).
 deb: build
 	MAKE="$(MAKE)" packaging/mkdeb.sh $(DEB_DIR)

@@ -1,9 +1,10 @@
 """Build step of the `rwsgi` Python package (metadata: pyproject.toml).
 
 `pip install .` / `pip wheel .` run build_py below, which compiles the two server modules
-with cargo for the Python running the build (PYO3_PYTHON = sys.executable) and puts them
-in the package as rwsgi/modules/{ngx_http_rwsgi_module.so,mod_rwsgi.so}, with
-build.json recording that Python's version. The wheel is therefore platform- and
+and daemon mode's program with cargo for the Python running the build (PYO3_PYTHON =
+sys.executable) and puts them in the package as
+rwsgi/modules/{ngx_http_rwsgi_module.so,mod_rwsgi.so,rwsgi-daemon} (the modules run the
+rwsgi-daemon beside them), with build.json recording that Python's version. The wheel is therefore platform- and
 Python-specific (cpXY-cpXY-linux_*), like any extension module.
 
 Needs cargo on PATH, the nginx and Apache development files (nginx-dev, apache2-dev, as
@@ -31,6 +32,7 @@ NGINX_DEB_SRC = Path("/usr/share/nginx/src")
 MODULES = {  # cargo's output name -> name in the package
     "libngx_http_rwsgi_module.so": "ngx_http_rwsgi_module.so",
     "libmod_rwsgi.so": "mod_rwsgi.so",
+    "rwsgi-daemon": "rwsgi-daemon",
 }
 
 
@@ -84,7 +86,7 @@ def build_modules(dest: Path):
     env = dict(os.environ, PYO3_PYTHON=exe, NGINX_BUILD_DIR=str(nginx_build_dir()))
     add_rpath(env)
     cmd = ["cargo", "build", "--release", "--locked", "--target-dir", str(target),
-           "-p", "ngx_http_rwsgi_module", "-p", "mod_rwsgi"]
+           "-p", "ngx_http_rwsgi_module", "-p", "mod_rwsgi", "-p", "rwsgi-daemon"]
     log(f"{' '.join(cmd)}  (PYO3_PYTHON={exe})")
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,16 @@
 #!/bin/bash
-# make deb: builds libnginx-mod-http-rwsgi and libapache2-mod-rwsgi into OUTDIR from the
-# modules in target/modules. Each package's tree is laid out by `make install-*-files`
-# (the layout of Debian's own module packages) and gets the dependencies those declare,
-# read from this machine: the nginx ABI the module was built against (nginx's Provides),
-# the Apache module API (apache2-bin's Provides), the libraries the module links
-# (dpkg-shlibdeps: libc6, libgcc-s1, libpython3.X) and the python3 minor version of that
-# libpython. Maintainer scripts: packaging/deb/PACKAGE.{postinst,prerm,postrm}.
+# make deb: builds rwsgi-daemon, libnginx-mod-http-rwsgi and libapache2-mod-rwsgi into
+# OUTDIR from target/modules. Each package's tree is laid out by `make install-*-files`
+# (the modules as Debian's own module packages lay them out, each with a link to the
+# daemon-mode program beside it; the program in /usr/lib/rwsgi with its systemd unit) and
+# gets the dependencies those declare, read from this machine: the nginx ABI the module
+# was built against (nginx's Provides), the Apache module API (apache2-bin's Provides),
+# the libraries the binary links (dpkg-shlibdeps: libc6, libgcc-s1, libpython3.X) and the
+# python3 minor version of that libpython. Both module packages depend on rwsgi-daemon of
+# the same version: the modules and the program speak a protocol of that build. Maintainer
+# scripts: packaging/deb/PACKAGE.{postinst,prerm,postrm}, where a package needs them
+# (rwsgi-daemon has none: its only unit is a template, which nothing enables or starts on
+# install, as dh_installsystemd does for templates).
 #
 # usage: MAKE=make packaging/mkdeb.sh OUTDIR
 set -euo pipefail
@@ -41,6 +46,9 @@ mkdir -p "$stage/debian"
 cat > "$stage/debian/control" <<CONTROL
 Source: rwsgi
 
+Package: rwsgi-daemon
+Architecture: any
+
 Package: libnginx-mod-http-rwsgi
 Architecture: any
 
@@ -57,14 +65,19 @@ python_range() {
 	echo "python3 (>= 3.$minor), python3 (<< 3.$((minor + 1)))"
 }
 
-# A package tree in $stage/debian/PKG: files from `make TARGET`, stripped as dh_strip does,
-# docs, maintainer scripts, md5sums, conffiles (every file under /etc), control.
+# A package tree in $stage/debian/PKG: files from `make TARGET`, its binary (a module or
+# the program) stripped as dh_strip does, docs, maintainer scripts, md5sums, conffiles
+# (every file under /etc), control. `depends` may be empty.
 build_pkg() {
 	local pkg=$1 target=$2 so_rel=$3 depends=$4 extra=$5 description=$6
 	local root=$stage/debian/$pkg
 	"$make" --no-print-directory -s -C "$repo" "$target" DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc
 	local so=$root/$so_rel
-	strip --remove-section=.comment --remove-section=.note --strip-unneeded "$so"
+	# dh_strip: --strip-unneeded for shared objects, the whole symbol table of a program
+	case "$so" in
+	*.so) strip --remove-section=.comment --remove-section=.note --strip-unneeded "$so" ;;
+	*) strip --remove-section=.comment --remove-section=.note "$so" ;;
+	esac
 	local shlibs
 	shlibs=$(cd "$stage" && dpkg-shlibdeps -O -e"debian/$pkg/$so_rel" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 	[ -n "$shlibs" ] || die "dpkg-shlibdeps found nothing for $so_rel"
@@ -81,7 +94,9 @@ COPYRIGHT
 
 	local s
 	for s in postinst prerm postrm; do
-		install -m 0755 "$scripts/$pkg.$s" "$root/DEBIAN/$s"
+		if [ -e "$scripts/$pkg.$s" ]; then
+			install -m 0755 "$scripts/$pkg.$s" "$root/DEBIAN/$s"
+		fi
 	done
 	(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
 		> "$root/DEBIAN/md5sums"
@@ -99,7 +114,7 @@ COPYRIGHT
 		echo "Architecture: $arch"
 		echo "Maintainer: $maintainer"
 		echo "Installed-Size: $size"
-		echo "Depends: $depends, $shlibs, $(python_range "$so")"
+		echo "Depends: ${depends:+$depends, }$shlibs, $(python_range "$so")"
 		[ -z "$extra" ] || echo "$extra"
 		echo "Section: httpd"
 		echo "Priority: optional"
@@ -111,20 +126,34 @@ COPYRIGHT
 	echo "$out/${pkg}_${version}_${arch}.deb"
 }
 
+build_pkg rwsgi-daemon install-daemon-files \
+	usr/lib/rwsgi/rwsgi-daemon \
+	"" "" \
+	"daemon mode of the rwsgi WSGI modules for nginx and Apache httpd
+ /usr/lib/rwsgi/rwsgi-daemon runs the daemon process groups of rwsgi's nginx
+ and Apache modules (wsgi_daemon, WSGIDaemonProcess): a supervisor, started by
+ the web server as root, runs each group's WSGI application in processes of
+ its own under the group's user, and the server's workers pass requests to
+ them over unix sockets. Also a systemd template unit, rwsgi-daemon@.service,
+ for groups started at boot; it is not enabled on install."
+
+daemon_dep="rwsgi-daemon (= $version)"
+
 build_pkg libnginx-mod-http-rwsgi install-nginx-files \
 	usr/lib/nginx/modules/ngx_http_rwsgi_module.so \
-	"$nginx_abi" "Recommends: nginx" \
+	"$nginx_abi, $daemon_dep" "Recommends: nginx" \
 	"WSGI (PEP 3333) module for nginx (rwsgi)
  ngx_http_rwsgi_module runs WSGI applications (Django, Flask, plain WSGI) inside
  nginx's worker processes, on an embedded CPython and a per-worker thread pool,
- configured with wsgi_* directives. Enabled through
+ or in daemon process groups of their own (rwsgi-daemon), configured with
+ wsgi_* directives. Enabled through
  /etc/nginx/modules-enabled/50-mod-http-rwsgi.conf."
 
 build_pkg libapache2-mod-rwsgi install-apache-files \
 	usr/lib/apache2/modules/mod_rwsgi.so \
-	"$apache_api, apache2-bin (>= 2.4.16)" "" \
+	"$apache_api, apache2-bin (>= 2.4.16), $daemon_dep" "" \
 	"WSGI (PEP 3333) module for Apache httpd 2.4 (rwsgi, mod_wsgi's directives)
  mod_rwsgi runs WSGI applications inside Apache's worker processes on an
- embedded CPython, configured with mod_wsgi's directives (embedded mode). It
- cannot be loaded together with mod_wsgi: a2enmod rwsgi refuses while the wsgi
- module is enabled."
+ embedded CPython, or in daemon process groups (rwsgi-daemon), configured with
+ mod_wsgi's directives. It cannot be loaded together with mod_wsgi: a2enmod
+ rwsgi refuses while the wsgi module is enabled."

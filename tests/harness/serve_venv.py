@@ -24,7 +24,7 @@ VENV = REPO / "target" / "serve-venv"
 BASE_PYTHON = "/usr/bin/python3"
 # What `pip install .` builds from.
 SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "Cargo.toml", "Cargo.lock", "build.rs",
-           "python", "src", "ngx-module", "apache-module"]
+           "python", "src", "ngx-module", "apache-module", "daemon"]
 STAMP = ".rwsgi-sources"
 
 
