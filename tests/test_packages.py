@@ -4,22 +4,30 @@ These cases run once per pytest run, not once per server kind (they use no `kind
 fixture), and are marked `packages` (select or leave them out with -m) and `server_side`
 (left out of the validated pass).
 
-- `make install DESTDIR=...` lays out exactly the files of Debian's module packages, and
-  `make uninstall` takes them away again.
+- `make install DESTDIR=...` lays out exactly the files of Debian's module packages, plus
+  daemon mode's one rwsgi-daemon (root's, 0755) linked beside each module and its systemd
+  unit naming it; `make uninstall` takes them away again. Both modules, loaded from that
+  layout, run a daemon group through the installed program, as the group's user.
 - The .debs built by `make deb` (from target/modules, into a temp dir) declare what
-  Debian's own module packages declare.
-- The whole life of the packages on this machine: `apt-get install` both .debs, the nginx
-  module enabled by the package's link, `a2enmod rwsgi` refused while mod_wsgi is enabled
-  (with a2enmod's conflict message), enabled once `a2dismod wsgi` ran, a small app served
-  through the stock /etc/nginx (a conf.d server block) and /etc/apache2 (a site), each on a
-  free 127.0.0.1 port, as the workers' user; then purge, after which no file of the
+  Debian's own module packages declare; rwsgi-daemon holds the program and the unit, and
+  both module packages depend on it (same version) and carry the link.
+- The whole life of the packages on this machine: `apt-get install` the three .debs, the
+  nginx module enabled by the package's link, `a2enmod rwsgi` refused while mod_wsgi is
+  enabled (with a2enmod's conflict message), enabled once `a2dismod wsgi` ran, a small app
+  served through the stock /etc/nginx (a conf.d server block) and /etc/apache2 (a site),
+  each on a free 127.0.0.1 port, as the workers' user, and through a daemon group of each
+  (the supervisor being /usr/lib/rwsgi/rwsgi-daemon) as the group's user; then purge of
+  rwsgi-daemon, which takes the module packages with it, after which no file of the
   packages and no enable link is left. /etc/nginx, /etc/apache2 and a2enmod's state in
-  /var/lib/apache2 are backed up first and restored exactly afterwards.
+  /var/lib/apache2 are backed up first and restored exactly afterwards; the supervisors'
+  socket directories the test made are removed.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -32,15 +40,24 @@ from pathlib import Path
 
 import pytest
 
-from harness.common import REPO, free_port, pid_alive, wait_port, wait_until
+from harness.apache import ApacheServer
+from harness.common import REPO, Mount, children_of, free_port, pid_alive, wait_port, wait_until
 from harness.http import get
+from harness.nginx import NginxServer
 
 pytestmark = [pytest.mark.packages, pytest.mark.server_side]
 
 MODULES = REPO / "target" / "modules"
 NGX_PKG = "libnginx-mod-http-rwsgi"
 APACHE_PKG = "libapache2-mod-rwsgi"
-PACKAGES = (NGX_PKG, APACHE_PKG)
+DAEMON_PKG = "rwsgi-daemon"
+PACKAGES = (DAEMON_PKG, NGX_PKG, APACHE_PKG)
+# daemon mode's program, its systemd unit, and the link beside each module
+PROGRAM = Path("/usr/lib/rwsgi/rwsgi-daemon")
+UNIT = Path("/lib/systemd/system/rwsgi-daemon@.service")
+PROGRAM_LINK = "../../rwsgi/rwsgi-daemon"
+TENANT = "rwsgi-t1"
+RUN_RWSGI = Path("/run/rwsgi")  # where nginx's supervisors keep their sockets by default
 NGX_LINK = Path("/etc/nginx/modules-enabled/50-mod-http-rwsgi.conf")
 APACHE_LINKS = [Path("/etc/apache2/mods-enabled/rwsgi.load"),
                 Path("/etc/apache2/mods-enabled/rwsgi.conf")]
@@ -75,7 +92,7 @@ def tmpdir(prefix: str) -> Path:
 
 
 def modules_built():
-    for so in ("ngx_http_rwsgi_module.so", "mod_rwsgi.so"):
+    for so in ("ngx_http_rwsgi_module.so", "mod_rwsgi.so", "rwsgi-daemon"):
         if not (MODULES / so).is_file():
             pytest.fail(f"{MODULES / so} is missing: run `make build`", pytrace=False)
 
@@ -89,6 +106,45 @@ def python_minor() -> int:
 def installed(pkg: str) -> bool:
     p = run(["dpkg-query", "-W", "-f=${db:Status-Status}", pkg], check=False)
     return p.returncode == 0 and p.stdout.strip() not in ("", "not-installed")
+
+
+@pytest.fixture(scope="session")
+def tenant():
+    """The system user the daemon groups run as (created once, kept: tests run as root)."""
+    try:
+        return pwd.getpwnam(TENANT)
+    except KeyError:
+        run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             TENANT])
+        return pwd.getpwnam(TENANT)
+
+
+def supervisors(program: Path) -> dict[int, str]:
+    """The running `rwsgi-daemon supervise` processes whose program (/proc/PID/exe, the
+    file the kernel ran, links resolved) is `program`: pid -> their --dir."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{entry}/exe").removesuffix(" (deleted)")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+        except OSError:
+            continue
+        if exe == str(program) and argv[1:3] == ["supervise", "--dir"] and pid_alive(int(entry)):
+            found[int(entry)] = argv[3]
+    return found
+
+
+def gone(pids) -> bool:
+    return not any(pid_alive(p) for p in pids)
+
+
+def unit_exec_start(text: str) -> str:
+    lines = [l for l in text.splitlines() if l.startswith("ExecStart=")]
+    assert len(lines) == 1, text
+    return lines[0].removeprefix("ExecStart=")
 
 
 # -- make install -------------------------------------------------------------------------
@@ -118,16 +174,31 @@ def test_make_install_layout(prefix):
         files = {k: v for k, v in tree(dest).items() if v != "d"}
         assert files == {
             f"{p}/lib/nginx/modules/ngx_http_rwsgi_module.so": "f 0644",
+            f"{p}/lib/nginx/modules/rwsgi-daemon": f"l -> {PROGRAM_LINK}",
             f"{p}/share/nginx/modules-available/mod-http-rwsgi.conf": "f 0644",
             "etc/nginx/modules-enabled/50-mod-http-rwsgi.conf":
                 f"l -> {prefix}/share/nginx/modules-available/mod-http-rwsgi.conf",
             f"{p}/lib/apache2/modules/mod_rwsgi.so": "f 0644",
+            f"{p}/lib/apache2/modules/rwsgi-daemon": f"l -> {PROGRAM_LINK}",
             "etc/apache2/mods-available/rwsgi.load": "f 0644",
             "etc/apache2/mods-available/rwsgi.conf": "f 0644",
+            f"{p}/lib/rwsgi/rwsgi-daemon": "f 0755",
+            "lib/systemd/system/rwsgi-daemon@.service": "f 0644",
         }
         for so, sub in (("ngx_http_rwsgi_module.so", "nginx"), ("mod_rwsgi.so", "apache2")):
             assert (dest / p / "lib" / sub / "modules" / so).read_bytes() == \
                 (MODULES / so).read_bytes()
+            # the link resolves to the one installed program
+            link = dest / p / "lib" / sub / "modules" / "rwsgi-daemon"
+            assert link.resolve() == (dest / p / "lib/rwsgi/rwsgi-daemon").resolve()
+        program = dest / p / "lib/rwsgi/rwsgi-daemon"
+        assert program.read_bytes() == (MODULES / "rwsgi-daemon").read_bytes()
+        # the modules run it as root only if it is root's and no one else may write it
+        assert program.stat().st_uid == 0
+        unit = (dest / "lib/systemd/system/rwsgi-daemon@.service").read_text()
+        assert unit_exec_start(unit) == (
+            f"{prefix}/lib/rwsgi/rwsgi-daemon supervise --standalone --dir /run/rwsgi/%i "
+            "--config /etc/rwsgi/daemon/%i.json")
         load = (dest / p / "share/nginx/modules-available/mod-http-rwsgi.conf").read_text()
         assert load.strip() == f"load_module {prefix}/lib/nginx/modules/ngx_http_rwsgi_module.so;"
         lines = (dest / "etc/apache2/mods-available/rwsgi.load").read_text().splitlines()
@@ -141,6 +212,50 @@ def test_make_install_layout(prefix):
         left = {k: v for k, v in tree(dest).items() if v != "d"}
         assert left == {}, f"make uninstall left {left}"
         assert not (dest / p / "lib/nginx").exists()
+        assert not (dest / p / "lib/rwsgi").exists()
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def test_make_install_runs_daemon_groups(tenant):
+    """Each module, loaded from `make install`'s layout, finds the installed program
+    through the link beside it (its default wsgi_daemon_program / WSGIDaemonProgram): the
+    supervisor runs from $(PREFIX)/lib/rwsgi and the group's app as the group's user."""
+    modules_built()
+    dest = tmpdir("rwsgi-destdir-")
+    program = (dest / "usr/lib/rwsgi/rwsgi-daemon").resolve()
+    servers = {
+        "nginx": type("Installed", (NginxServer,), {
+            "module_path": dest / "usr/lib/nginx/modules/ngx_http_rwsgi_module.so"}),
+        "apache": type("Installed", (ApacheServer,), {
+            "module_path": dest / "usr/lib/apache2/modules/mod_rwsgi.so"}),
+    }
+    try:
+        make("install", f"DESTDIR={dest}")
+        for kind, server_class in servers.items():
+            s = server_class()
+            try:
+                if kind == "nginx":
+                    s.start([Mount("/d", "whoami_app.py", extra=["wsgi_process_group g;"],
+                                   validate=False)], daemons={"g": f"user={TENANT}"})
+                else:
+                    s.start_text(s.config_text([
+                        f"WSGIDaemonProcess g user={TENANT}",
+                        "WSGIScriptAlias /d {apps}/whoami_app.py process-group=g"]))
+                r = get(s.port, "/d/who")
+                assert r.status == 200, f"{kind}: {r}\n{s.log_tail()}"
+                who = json.loads(r.body)
+                assert (who["uid"], who["euid"]) == (tenant.pw_uid, tenant.pw_uid), (kind, who)
+                sups = supervisors(program)
+                assert sups, f"{kind}: no supervisor runs {program}:\n{s.log_tail()}"
+                assert who["pid"] in [c for sup in sups for c in children_of(sup)], (kind, who)
+            finally:
+                s.stop()
+                s.cleanup()
+            assert wait_until(lambda: not supervisors(program), 30), \
+                f"{kind}: the supervisor outlived the server"
+        make("uninstall", f"DESTDIR={dest}")
+        assert not program.exists()
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
@@ -188,6 +303,16 @@ def provides(pkg: str, pattern: str) -> str:
     return hits[0]
 
 
+def deb_modes(deb: Path) -> dict[str, str]:
+    """The non-directory entries of the package's data: absolute path -> 'mode owner'."""
+    out = {}
+    for line in run(["dpkg-deb", "-c", str(deb)]).stdout.splitlines():
+        fields = line.split(None, 5)
+        if fields[0][0] != "d":
+            out[fields[5].split(" -> ")[0].removeprefix(".")] = f"{fields[0]} {fields[1]}"
+    return out
+
+
 def test_deb_metadata(debs):
     version = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
     arch = run(["dpkg", "--print-architecture"]).stdout.strip()
@@ -209,11 +334,17 @@ def test_deb_metadata(debs):
         with tempfile.TemporaryDirectory() as ctl:
             run(["dpkg-deb", "-e", str(deb), ctl])
             for script in ("postinst", "prerm", "postrm"):
-                assert os.access(Path(ctl, script), os.X_OK), f"{pkg}: no {script}"
+                if pkg == DAEMON_PKG:
+                    # a template unit only: nothing to enable, start or stop on install
+                    assert not Path(ctl, script).exists(), f"{pkg}: {script}"
+                else:
+                    assert os.access(Path(ctl, script), os.X_OK), f"{pkg}: no {script}"
             conffiles = Path(ctl, "conffiles")
             conffiles = conffiles.read_text().split() if conffiles.exists() else []
             md5 = Path(ctl, "md5sums").read_text()
-            assert sorted(md5.split()[1::2]) == sorted(p.lstrip("/") for p in deb_files(deb))
+            # regular files only, as dh_md5sums (not the links)
+            assert sorted(md5.split()[1::2]) == sorted(
+                p.lstrip("/") for p, kind in deb_files(deb).items() if kind == "-")
             if pkg == APACHE_PKG:
                 assert sorted(conffiles) == ["/etc/apache2/mods-available/rwsgi.conf",
                                              "/etc/apache2/mods-available/rwsgi.load"]
@@ -224,18 +355,39 @@ def test_deb_metadata(debs):
     apache_dep = [d.strip() for d in deb_field(debs[APACHE_PKG], "Depends").split(",")]
     assert apache_api in apache_dep, apache_dep
     assert "apache2-bin (>= 2.4.16)" in apache_dep  # as dh_apache2 declares
+    # the modules and the program they run come from the same build
+    for deps in (ngx_dep, apache_dep):
+        assert f"{DAEMON_PKG} (= {version})" in deps, deps
     # The enable link is made by postinst, never shipped (so an admin's removal sticks).
     assert deb_files(debs[NGX_PKG]) == {
         "/usr/lib/nginx/modules/ngx_http_rwsgi_module.so": "-",
+        "/usr/lib/nginx/modules/rwsgi-daemon": "l",
         "/usr/share/nginx/modules-available/mod-http-rwsgi.conf": "-",
         f"/usr/share/doc/{NGX_PKG}/copyright": "-",
     }
     assert deb_files(debs[APACHE_PKG]) == {
         "/usr/lib/apache2/modules/mod_rwsgi.so": "-",
+        "/usr/lib/apache2/modules/rwsgi-daemon": "l",
         "/etc/apache2/mods-available/rwsgi.load": "-",
         "/etc/apache2/mods-available/rwsgi.conf": "-",
         f"/usr/share/doc/{APACHE_PKG}/copyright": "-",
     }
+    assert deb_files(debs[DAEMON_PKG]) == {
+        str(PROGRAM): "-",
+        str(UNIT): "-",
+        f"/usr/share/doc/{DAEMON_PKG}/copyright": "-",
+    }
+    # the supervisor runs as root: root's, writable by root alone
+    assert deb_modes(debs[DAEMON_PKG])[str(PROGRAM)] == "-rwxr-xr-x root/root"
+    assert deb_modes(debs[DAEMON_PKG])[str(UNIT)] == "-rw-r--r-- root/root"
+    for pkg, moddir in ((NGX_PKG, "/usr/lib/nginx/modules"), (APACHE_PKG, "/usr/lib/apache2/modules")):
+        listing = run(["dpkg-deb", "-c", str(debs[pkg])]).stdout
+        assert f".{moddir}/rwsgi-daemon -> {PROGRAM_LINK}" in listing, listing
+        assert os.path.normpath(os.path.join(moddir, PROGRAM_LINK)) == str(PROGRAM)
+    with tempfile.TemporaryDirectory() as root:
+        run(["dpkg-deb", "-x", str(debs[DAEMON_PKG]), root])
+        unit = Path(root, str(UNIT).lstrip("/")).read_text()
+        assert unit_exec_start(unit).split()[0] == str(PROGRAM)
 
 
 # -- the packages on the system -----------------------------------------------------------
@@ -306,6 +458,10 @@ class System:
             assert manifest(copy) == manifest(d), f"backup of {d} differs from it"
         self.run = tmpdir("rwsgi-pkgapp-")
         self.started: list[tuple[str, int]] = []
+        # socket directories of the supervisors the servers started, made by them (and
+        # nginx's default root of them)
+        self.daemon_dirs: set[Path] = set()
+        self.made_run_rwsgi = not RUN_RWSGI.exists()
 
     def copy_of(self, d: Path) -> Path:
         return self.backup / d.relative_to("/")
@@ -345,6 +501,34 @@ class System:
                 os.kill(pid, signal.SIGKILL)
             self.started.remove((n, pid))
 
+    def supervisor(self, server: str) -> int:
+        """The supervisor `server` started from the installed program (remembering its
+        socket directory, made by it, for restore())."""
+        found = wait_until(lambda: supervisors(PROGRAM), 10)
+        assert len(found) == 1, f"{server}: supervisors of {PROGRAM}: {found}"
+        (pid, d), = found.items()
+        self.daemon_dirs.add(Path(d))
+        return pid
+
+    @staticmethod
+    def stop_supervisors():
+        """The supervisors stop once their server is gone; any left is killed."""
+        sups = supervisors(PROGRAM)
+        apps = [c for sup in sups for c in children_of(sup)]
+        if not wait_until(lambda: gone(sups), 30):
+            for pid in sups:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if not wait_until(lambda: gone(apps), 10):
+            for pid in apps:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return sups
+
     @staticmethod
     def log(path: str, n: int = 30) -> str:
         try:
@@ -362,6 +546,11 @@ class System:
             if pid:
                 self.started.append((name, pid))
                 self.stop(name)
+        self.stop_supervisors()
+        for d in self.daemon_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        if self.made_run_rwsgi and RUN_RWSGI.is_dir() and not any(RUN_RWSGI.iterdir()):
+            RUN_RWSGI.rmdir()
         leftover = [p for p in PACKAGES if installed(p)]
         if leftover:
             run(["dpkg", "--purge", *leftover], check=False, env=APT_ENV)
@@ -381,13 +570,16 @@ def system():
             pytest.fail(f"{pkg} is installed on this machine; the test installs and purges it "
                         f"itself: `apt purge {pkg}` first", pytrace=False)
     for f in ("/usr/lib/nginx/modules/ngx_http_rwsgi_module.so",
-              "/usr/lib/apache2/modules/mod_rwsgi.so"):
+              "/usr/lib/apache2/modules/mod_rwsgi.so", str(PROGRAM)):
         if os.path.exists(f):
             pytest.fail(f"{f} exists (make install?): `make uninstall` first", pytrace=False)
     for name, pidfile in (("nginx", NGINX_PID), ("apache2", APACHE_PID)):
         if System.pid(pidfile):
             pytest.fail(f"the system's {name} is running ({pidfile}); the test starts its "
                         f"own from the stock configuration", pytrace=False)
+    if supervisors(PROGRAM):
+        pytest.fail(f"an rwsgi supervisor of {PROGRAM} runs: {supervisors(PROGRAM)}",
+                    pytrace=False)
     s = System()
     try:
         yield s
@@ -399,18 +591,28 @@ APP = '''\
 import os, pwd
 
 def application(environ, start_response):
-    body = "%s|%s|%s\\n" % (environ["SERVER_SOFTWARE"], pwd.getpwuid(os.geteuid()).pw_name,
-                           environ["PATH_INFO"])
+    body = "%s|%s|%s|%d\\n" % (environ["SERVER_SOFTWARE"], pwd.getpwuid(os.geteuid()).pw_name,
+                              environ["PATH_INFO"], os.getpid())
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body.encode()]
 '''
 
 
-def answers(port: int, server: str, error_log: str) -> str:
+def answers(port: int, server: str, error_log: str, prefix: str = "/pkg") -> list[str]:
+    """The app's answer at PREFIX/check: [SERVER_SOFTWARE, user, PATH_INFO, pid]."""
     assert wait_port(port), f"{server} does not listen on {port}:\n{System.log(error_log)}"
-    r = get(port, "/pkg/check")
+    r = get(port, f"{prefix}/check")
     assert r.status == 200, f"{server}: {r}\n{System.log(error_log)}"
-    return r.body.decode()
+    return r.body.decode().strip().split("|")
+
+
+def served_by_group(system: System, server: str, error_log: str, port: int):
+    """/pkgd is in a daemon group run by the supervisor `server` started from the
+    installed program: the app answers as the group's user, from the group's process."""
+    software, user, path, pid = answers(port, server, error_log, "/pkgd")
+    assert path == "/check" and user == TENANT, (software, user, path)
+    sup = system.supervisor(server)
+    assert int(pid) in children_of(sup), f"{server}: {pid} is not an app process of {sup}"
 
 
 def stock_ports_free():
@@ -425,7 +627,7 @@ def stock_ports_free():
                         f"listen there", pytrace=False)
 
 
-def test_packages_install_enable_serve_purge(debs, system):
+def test_packages_install_enable_serve_purge(debs, system, tenant):
     stock_ports_free()
     # mod_wsgi enabled, as Debian's libapache2-mod-wsgi-py3 leaves it
     if run(["a2query", "-m", "wsgi"], check=False).returncode != 0:
@@ -440,6 +642,15 @@ def test_packages_install_enable_serve_purge(debs, system):
     for pkg in PACKAGES:
         assert installed(pkg), f"{pkg} not installed:\n{out}"
 
+    # daemon mode: the one program, root's, linked beside each module; its unit names it
+    st = PROGRAM.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    for moddir in ("/usr/lib/nginx/modules", "/usr/lib/apache2/modules"):
+        assert Path(moddir, "rwsgi-daemon").resolve() == PROGRAM
+    assert unit_exec_start(UNIT.read_text()).split()[0] == str(PROGRAM)
+    # systemd checks the unit, and that its ExecStart program exists
+    run(["systemd-analyze", "verify", "--man=no", "rwsgi-daemon@pkgtest.service"])
+
     # nginx: enabled by the package's link
     assert NGX_LINK.is_symlink() and \
         os.readlink(NGX_LINK) == "/usr/share/nginx/modules-available/mod-http-rwsgi.conf"
@@ -450,6 +661,9 @@ def test_packages_install_enable_serve_purge(debs, system):
 
     # make install does not overwrite files that a package owns
     p = make("install", check=False)
+    assert p.returncode != 0 and f"belongs to the package {DAEMON_PKG}" in p.stderr, \
+        p.stdout + p.stderr
+    p = make("install-nginx-files", check=False)
     assert p.returncode != 0 and f"belongs to the package {NGX_PKG}" in p.stderr, \
         p.stdout + p.stderr
 
@@ -467,17 +681,22 @@ def test_packages_install_enable_serve_purge(debs, system):
     app.write_text(APP)
     app.chmod(0o644)
 
-    # nginx from /etc/nginx, the app in a conf.d server block
+    # nginx from /etc/nginx, the app in a conf.d server block (included in http{}),
+    # embedded at /pkg and in a daemon group at /pkgd
     port = free_port()
     conf = Path("/etc/nginx/conf.d/rwsgi-pkgtest.conf")
-    conf.write_text(f"server {{\n    listen 127.0.0.1:{port};\n"
-                    f"    location /pkg {{ wsgi_app {app}; }}\n}}\n")
+    conf.write_text(f"wsgi_daemon pkgtest user={TENANT};\n"
+                    f"server {{\n    listen 127.0.0.1:{port};\n"
+                    f"    location /pkg {{ wsgi_app {app}; }}\n"
+                    f"    location /pkgd {{ wsgi_process_group pkgtest; wsgi_app {app}; }}\n}}\n")
     system.start_nginx()
     try:
         body = answers(port, "nginx", "/var/log/nginx/error.log")
+        served_by_group(system, "nginx", "/var/log/nginx/error.log", port)
     finally:
         system.stop("nginx")
-    software, user, path = body.strip().split("|")
+    assert system.stop_supervisors() and not supervisors(PROGRAM)
+    software, user, path, _ = body
     assert "nginx" in software and path == "/check", body
     assert user == "www-data", body  # the `user` of the stock nginx.conf
 
@@ -486,6 +705,8 @@ def test_packages_install_enable_serve_purge(debs, system):
     Path("/etc/apache2/sites-available/rwsgi-pkgtest.conf").write_text(
         f"Listen 127.0.0.1:{port}\n"
         f"<VirtualHost 127.0.0.1:{port}>\n"
+        f"    WSGIDaemonProcess pkgtest user={TENANT}\n"
+        f"    WSGIScriptAlias /pkgd {app} process-group=pkgtest\n"
         f"    WSGIScriptAlias /pkg {app}\n"
         f"    <Directory {system.run}>\n        Require all granted\n    </Directory>\n"
         f"</VirtualHost>\n")
@@ -493,23 +714,29 @@ def test_packages_install_enable_serve_purge(debs, system):
     system.start_apache()
     try:
         body = answers(port, "apache2", "/var/log/apache2/error.log")
+        served_by_group(system, "apache2", "/var/log/apache2/error.log", port)
     finally:
         system.stop("apache2")
-    software, user, path = body.strip().split("|")
+    assert system.stop_supervisors() and not supervisors(PROGRAM)
+    software, user, path, _ = body
     assert software.startswith("Apache/2.4") and path == "/check", body
     assert user == "www-data", body  # APACHE_RUN_USER of the stock envvars
 
-    # purge: nothing of the packages is left, nor the enable links
+    # purge: nothing of the packages is left, nor the enable links. Purging rwsgi-daemon
+    # alone takes the module packages, which depend on it, with it.
     listed = [os.path.normpath(f) for f in run(["dpkg", "-L", *PACKAGES]).stdout.split()]
-    assert "/usr/lib/nginx/modules/ngx_http_rwsgi_module.so" in listed
-    assert "/etc/apache2/mods-available/rwsgi.load" in listed
-    p = run(["apt-get", "purge", "-y", *APT_LOCK, *PACKAGES], env=APT_ENV)
+    for f in ("/usr/lib/nginx/modules/ngx_http_rwsgi_module.so",
+              "/etc/apache2/mods-available/rwsgi.load", str(PROGRAM), str(UNIT),
+              "/usr/lib/nginx/modules/rwsgi-daemon", "/usr/lib/apache2/modules/rwsgi-daemon"):
+        assert f in listed, f
+    p = run(["apt-get", "purge", "-y", *APT_LOCK, DAEMON_PKG], env=APT_ENV)
     for pkg in PACKAGES:
         assert not installed(pkg), f"{pkg} still installed:\n{p.stdout}{p.stderr}"
-    # only the directories that were there before stay (/usr/lib/apache2/modules, ...)
+    # only the directories that were there before stay (/usr/lib/apache2/modules, /lib, ...)
     left = sorted(f for f in set(listed) if os.path.lexists(f)
-                  and not (os.path.isdir(f) and not os.path.islink(f) and before.get(f)))
+                  and not (os.path.isdir(f) and before.get(f)))
     assert left == [], f"left after purge: {left}"
+    assert not PROGRAM.parent.exists()
     links = [NGX_LINK, Path(f"{NGX_LINK}.removed"), *APACHE_LINKS]
     assert not [l for l in links if os.path.lexists(l)]
     # a2enmod's record of the module is purged too
