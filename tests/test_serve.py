@@ -1,12 +1,15 @@
 """The `rwsgi` Python package: `pip install .` into a fresh /usr/bin/python3 venv
 (harness/serve_venv.py, cached on the sources' hash), then its command against the real
-servers: `rwsgi module-config` lines in a server config, and `rwsgi serve` started as a
+servers: `rwsgi module-config` lines in a server config (embedded, and with a daemon group
+run by the rwsgi-daemon the package carries beside the modules), and `rwsgi serve` started as a
 subprocess (file and module:callable apps, --static, --processes/--threads, --reload,
 Ctrl-C) and its one-line refusals (exit status 2)."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import stat
 import shutil
 import signal
 import socket
@@ -40,9 +43,32 @@ def application(environ, start_response):
 '''
 
 
+# Reports the Python, the user and the process it runs in.
+DAEMON_APP = '''import os, sys
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s|%d.%d|%d|%d" % (sys.prefix, *sys.version_info[:2], os.getuid(),
+                                 os.getpid())).encode()]
+'''
+TENANT = "rwsgi-t1"
+
+
 @pytest.fixture(scope="session")
 def venv() -> Path:
     return serve_venv.ensure()
+
+
+@pytest.fixture(scope="session")
+def tenant():
+    """The system user a daemon group runs as (created once, kept: tests run as root)."""
+    try:
+        return pwd.getpwnam(TENANT)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", TENANT], check=True, capture_output=True)
+        return pwd.getpwnam(TENANT)
 
 
 @pytest.fixture
@@ -204,6 +230,53 @@ def test_module_config_lines_load_in_a_server(kind, rwsgi, venv):
         assert r.status == 200, r
         assert r.body.decode() == f"{venv}|{version}"
         assert get(s.port, "/hello").body == b"Hello, world!\n"
+    finally:
+        s.stop()
+        s.cleanup()
+
+
+def test_module_config_lines_run_daemon_groups(kind, rwsgi, venv, tenant):
+    """The package carries rwsgi-daemon beside the modules (root's, 0755, as the modules
+    require of a program they run as root): with the module-config lines and a daemon
+    group, nothing else, the module runs it, and the group's app answers as the group's
+    user on the venv's Python (python-home=)."""
+    out = subprocess.run([rwsgi, "module-config", "--server", kind], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    if kind == "nginx":
+        module, home = out[0].split()[1].rstrip(";"), out[1].split()[1].rstrip(";")
+    else:
+        module, home = out[0].split()[2], out[1].split()[1]
+    program = Path(module).parent / "rwsgi-daemon"
+    st = program.stat()
+    assert stat.S_ISREG(st.st_mode) and (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    version = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    base = NginxServer if kind == "nginx" else ApacheServer
+    s = type("Packaged", (base,), {"module_path": Path(module)})()
+    try:
+        write(s.apps_dir / "daemon_prefix_app.py", DAEMON_APP)
+        group = f"user={TENANT} python-home={venv}"
+        if kind == "nginx":
+            s.start([Mount("/d", str(s.apps_dir / "daemon_prefix_app.py"),
+                           extra=["wsgi_process_group g;"], validate=False)],
+                    python_home=home, daemons={"g": group})
+            sups = s.supervisor_pids()
+        else:
+            s.start_text(s.config_text([
+                f"WSGIPythonHome {home}", f"WSGIDaemonProcess g {group}",
+                "WSGIScriptAlias /d {apps}/daemon_prefix_app.py process-group=g"]))
+            sups = [s.supervisor_pid()]
+        text = s.conf_path.read_text()
+        assert out[0] in text and "daemon_program" not in text.lower()
+        r = get(s.port, "/d")
+        assert r.status == 200, f"{r}\n{s.log_tail()}"
+        prefix, py, uid, pid = r.body.decode().split("|")
+        assert (prefix, py, int(uid)) == (str(venv), version, tenant.pw_uid)
+        # the app process is a child of a supervisor running the packaged program
+        owner = [sup for sup in sups if sup and int(pid) in children_of(sup)]
+        assert owner, (pid, sups)
+        assert os.readlink(f"/proc/{owner[0]}/exe") == str(program.resolve())
     finally:
         s.stop()
         s.cleanup()
