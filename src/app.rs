@@ -85,9 +85,11 @@ thread_local! {
     /// Most threads run one app over and over: equal specs compare in a few instructions,
     /// where finding one in APPS hashes its path byte by byte under a lock every thread
     /// takes.
-    static LAST: RefCell<Option<(AppSpec, Option<SystemTime>, u64, Py<PyAny>)>> =
-        const { RefCell::new(None) };
+    static LAST: RefCell<Option<Remembered>> = const { RefCell::new(None) };
 }
+
+/// A spec, its script's mtime, the LOADS count, and the callable found for them.
+type Remembered = (AppSpec, Option<SystemTime>, u64, Py<PyAny>);
 static LOADER: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// The Python helper module (loader.py).
