@@ -141,6 +141,7 @@ RATIO_GOALS = [
 RSS_SETTLE_S = 0.5   # pause between a run's end and its RSS reading (workers idle by then)
 RSS_FLAT = 1.10   # "RSS stays flat": last round's RSS <= 1.10 x first round's (+1 MiB slack)
 P99_OVER_P50 = 3  # rwsgi's hello at c=32: p99 <= 3 x p50
+NOTES_HEADING = "## Notes"   # RESULTS.md from here on is written by hand and kept across runs
 
 
 def log(msg):
@@ -835,7 +836,11 @@ def write_results(ctx, results, servers, goals, skipped, args, started, elapsed,
               "", "## Goals", "", "| goal | result | measured |", "|---|---|---|"]
     lines += [f"| {d} | {r} | {x} |" for d, r, x in goals]
     lines.append("")
-    (BENCH / "RESULTS.md").write_text("\n".join(lines))
+    # the hand-written notes (measured effect of each change) survive a new run
+    out = BENCH / "RESULTS.md"
+    old = out.read_text() if out.exists() else ""
+    notes = old[old.index(NOTES_HEADING):] if NOTES_HEADING in old else ""
+    out.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
 
 
 def plot(results, servers, workloads, path):
