@@ -5,8 +5,10 @@
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -75,6 +77,19 @@ struct Loaded {
 }
 
 static APPS: Mutex<Option<HashMap<AppSpec, Loaded>>> = Mutex::new(None);
+/// Counts loads into APPS: a thread's remembered app (LAST) is current while it matches.
+static LOADS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The app this thread ran last, with its mtime and the LOADS count it was found at.
+    /// Most threads run one app over and over: equal specs compare in a few instructions,
+    /// where finding one in APPS hashes its path byte by byte under a lock every thread
+    /// takes.
+    static LAST: RefCell<Option<Remembered>> = const { RefCell::new(None) };
+}
+
+/// A spec, its script's mtime, the LOADS count, and the callable found for them.
+type Remembered = (AppSpec, Option<SystemTime>, u64, Py<PyAny>);
 static LOADER: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// The Python helper module (loader.py).
@@ -103,6 +118,31 @@ pub fn get_app<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAn
         (AppTarget::Script(p), true) => mtime(p),
         _ => None,
     };
+    let loads = LOADS.load(Ordering::Acquire);
+    let remembered = LAST.with_borrow(|last| match last {
+        Some((s, mtime, n, app)) if *n == loads && *mtime == current_mtime && s == spec => {
+            Some(app.bind(py).clone())
+        }
+        _ => None,
+    });
+    if let Some(app) = remembered {
+        return Ok(app);
+    }
+    let app = find_or_load(py, spec, current_mtime)?;
+    LAST.set(Some((
+        spec.clone(),
+        current_mtime,
+        loads,
+        app.clone().unbind(),
+    )));
+    Ok(app)
+}
+
+fn find_or_load<'py>(
+    py: Python<'py>,
+    spec: &AppSpec,
+    current_mtime: Option<SystemTime>,
+) -> PyResult<Bound<'py, PyAny>> {
     {
         let apps = APPS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = apps.as_ref().and_then(|m| m.get(spec)) {
@@ -121,6 +161,7 @@ pub fn get_app<'py>(py: Python<'py>, spec: &AppSpec) -> PyResult<Bound<'py, PyAn
             mtime: current_mtime,
         },
     );
+    LOADS.fetch_add(1, Ordering::AcqRel);
     Ok(app)
 }
 
