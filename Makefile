@@ -216,6 +216,7 @@ install: install-daemon-files install-nginx-files install-apache-files
 	ln -sfn $(NGX_AVAILDIR)/mod-http-rwsgi.conf $(DESTDIR)$(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf
 	@echo "nginx: module enabled ($(NGX_ENABLEDDIR)/50-mod-http-rwsgi.conf); 'nginx -s reload' or 'systemctl reload nginx' loads it"
 	@echo "apache: 'a2enmod rwsgi' (after 'a2dismod wsgi' if mod_wsgi is enabled), then 'systemctl restart apache2'"
+	@echo "daemon mode: the servers start $(DAEMON_DIR)/rwsgi-daemon themselves; rwsgi-daemon@.service is only for groups wanted at boot"
 
 uninstall:
 	$(call not_packaged,$(NGX_MODDIR)/ngx_http_rwsgi_module.so $(APACHE_MODDIR)/mod_rwsgi.so \
@@ -230,7 +231,7 @@ uninstall:
 	done
 	rm -f $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.load $(DESTDIR)$(APACHE_CONFDIR)/mods-available/rwsgi.conf \
 		$(DESTDIR)$(APACHE_MODDIR)/mod_rwsgi.so $(DESTDIR)$(APACHE_MODDIR)/rwsgi-daemon
-	@# a supervisor still running (started by a server, or the unit) keeps its open copy
+	@# a supervisor still running goes on, but cannot start app processes once this is gone
 	rm -f $(DESTDIR)$(DAEMON_DIR)/rwsgi-daemon $(DESTDIR)$(SYSTEMD_UNITDIR)/rwsgi-daemon@.service
 	@for d in $(DESTDIR)$(NGX_AVAILDIR) $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(PREFIX)/lib/nginx \
 		$(DESTDIR)$(DAEMON_DIR); do \
