@@ -242,6 +242,10 @@ REFUSED = [
      r"WSGIDaemonProcess site: option \"stack-size\" is not supported by rwsgi"),
     (["WSGIDaemonProcess site user=rwsgi-no-such-user"],
      r"no user named \"rwsgi-no-such-user\" exists"),
+    (["WSGIDaemonProcess site user=nobody group=rwsgi-no-such-group"],
+     r"WSGIDaemonProcess site: no group named \"rwsgi-no-such-group\" exists \(group=\)"),
+    (["WSGIDaemonProcess site user=nobody group=#0"],
+     r"WSGIDaemonProcess site: group=\"#0\" is root's group \(gid 0\)"),
     (["WSGIDaemonProcess site threads=0"],
      r"option \"threads\" must be a whole number from 1"),
     (["WSGIProcessGroup nope"],
@@ -269,7 +273,8 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("lines,words", REFUSED, ids=[
-    "unknown-option", "user-root", "unsupported-option", "unknown-user", "bad-number",
+    "unknown-option", "user-root", "unsupported-option", "unknown-user", "unknown-group",
+    "group-root", "bad-number",
     "undefined-group", "undefined-alias-group", "undefined-import-group", "defined-twice",
     "alias-match-substitution", "other-vhost", "computed-name", "missing-program"])
 def test_config_mistakes_are_refused_by_name(apache, lines, words):

@@ -204,10 +204,10 @@ def test_bad_groups_are_refused_and_change_nothing(run, sup, tenants):
     apply(c, [good])
     before = sup.status()
     for groups, kw, words in [
-        ([good, dw.group("x", [], user="rwsgi-no-such-user")], {}, 'group x: user "rwsgi-no-such-user" does not exist'),
+        ([good, dw.group("x", [], user="rwsgi-no-such-user")], {}, 'group x: no user named "rwsgi-no-such-user" exists'),
         ([good, dw.group("x", [], user="#0")], {}, "never runs as root"),
         ([good, dw.group("x", [])], {"worker_uid": 0}, "worker user is root"),
-        ([good, dw.group("x", [], user="rwsgi-t1", group="rwsgi-no-such-group")], {}, '"rwsgi-no-such-group" does not exist'),
+        ([good, dw.group("x", [], user="rwsgi-t1", group="rwsgi-no-such-group")], {}, 'group x: no group named "rwsgi-no-such-group" exists'),
         ([good, good], {}, "configured twice"),
         ([good, dw.group("../x", [])], {}, "process group name"),
     ]:

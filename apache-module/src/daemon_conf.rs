@@ -11,7 +11,6 @@
 //! any of its sections) names it, and every WSGIImportScript with its
 //! `process-group=`.
 
-use crate::accounts;
 use crate::bindings::*;
 use crate::config::{self, DirConfig, Effective, Pattern, ServerConfig, EMBEDDED};
 use crate::directives::{call, dir_config, Cmd, Outcome};
@@ -78,28 +77,13 @@ fn define(cmd: Cmd<'_>, args: &str) -> Outcome {
     };
     let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let spec = GroupSpec::parse(name, &options)
-        .and_then(|spec| check_accounts(&spec).map(|()| spec))
+        .and_then(|spec| spec.check_accounts().map(|()| spec))
         .map_err(|e| format!("WSGIDaemonProcess {name}: {e}"))?;
     let at = cmd.location();
     // SAFETY: the only reference to the server config in this directive.
     unsafe { cmd.server_config() }?
         .daemons
         .push(DaemonDef { spec, at });
-    Ok(())
-}
-
-/// The accounts exist, and none is root under another name.
-fn check_accounts(spec: &GroupSpec) -> Result<(), String> {
-    if let Some(user) = &spec.user {
-        if accounts::user_id(user)? == 0 {
-            return Err(format!(
-                "user=\"{user}\" is root (uid 0): an app must not run as root"
-            ));
-        }
-    }
-    if let Some(group) = &spec.group {
-        accounts::group_id(group)?;
-    }
     Ok(())
 }
 

@@ -161,7 +161,9 @@ pub unsafe extern "C" fn set_daemon(
             if mc.daemon.find(name).is_some() {
                 return refuse(cf, &format!("wsgi_daemon \"{name}\" is defined twice"));
             }
-            match GroupSpec::parse(name, &options) {
+            match GroupSpec::parse(name, &options)
+                .and_then(|group| group.check_accounts().map(|()| group))
+            {
                 Ok(group) => {
                     mc.daemon.groups.push(group);
                     NGX_CONF_OK

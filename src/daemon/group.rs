@@ -191,6 +191,15 @@ impl GroupSpec {
         Ok(())
     }
 
+    /// The accounts `user=` and `group=` name exist and are not root's. Each server
+    /// module calls this while it reads the config, so that a misspelt name fails its
+    /// config test; the supervisor looks them up again, the same way, when it applies
+    /// the group (accounts.rs). A group without `user=` runs as the server's worker
+    /// account, which only the apply can check.
+    pub fn check_accounts(&self) -> Result<(), String> {
+        super::accounts::check(self)
+    }
+
     /// The name the processes show in `ps`.
     pub fn process_title(&self) -> String {
         match &self.display_name {

@@ -10,12 +10,12 @@
 //!   waiting in a backlog no one accepts from) and its processes drain the same way.
 //! - Exit 0 (recycled): a new process at once. Anything else: restarted with backoff.
 
-use super::accounts::{self, Account};
 use super::backoff::Backoff;
 use super::log::{error, info, warning};
 use super::spawn::{self, Plan, CANNOT_START};
 use super::{readiness, sockets, sys};
 use crate::app_config::AppProcessConfig;
+use rwsgi::daemon::accounts::{self, Account};
 use rwsgi::daemon::control::{encode_hex, Apply, Endpoint, GroupStatus, ProcessInfo};
 use rwsgi::daemon::group::check_group_name;
 use rwsgi::daemon::{GroupSpec, SECRET_LEN};
