@@ -269,6 +269,9 @@ REFUSED = [
      r"computed process group names are not supported"),
     (["WSGIDaemonProcess site", "WSGIDaemonProgram /nonexistent/rwsgi-daemon"],
      r"/nonexistent/rwsgi-daemon cannot be used.*set WSGIDaemonProgram"),
+    (["WSGISocketPrefix /run/" + "d" * 100, "WSGIDaemonProcess site"],
+     r"WSGIDaemonProcess site: the socket path /run/d+\.rwsgi/site\.sock is \d+ bytes, longer "
+     r"than a unix socket allows \(107\); choose a shorter WSGISocketPrefix"),
 ]
 
 
@@ -276,7 +279,8 @@ REFUSED = [
     "unknown-option", "user-root", "unsupported-option", "unknown-user", "unknown-group",
     "group-root", "bad-number",
     "undefined-group", "undefined-alias-group", "undefined-import-group", "defined-twice",
-    "alias-match-substitution", "other-vhost", "computed-name", "missing-program"])
+    "alias-match-substitution", "other-vhost", "computed-name", "missing-program",
+    "socket-path-too-long"])
 def test_config_mistakes_are_refused_by_name(apache, lines, words):
     s = apache()
     ok, out = s.check_text(s.config_text([f"WSGIScriptAlias /ok {s.apps_dir}/hello.py"] + lines))

@@ -15,6 +15,7 @@ use crate::bindings::*;
 use crate::config::{self, DirConfig, Effective, Pattern, ServerConfig, EMBEDDED};
 use crate::directives::{call, dir_config, Cmd, Outcome};
 use crate::options::{check_process_group, split_words};
+use rwsgi::daemon::socket_path::group_socket;
 use rwsgi::daemon::GroupSpec;
 use rwsgi::{AppSpec, AppTarget};
 use std::ffi::{c_char, c_int, c_void};
@@ -46,8 +47,6 @@ pub struct GroupRef {
 const DIR_SUFFIX: &str = ".rwsgi";
 /// mod_wsgi's default prefix, relative to DefaultRuntimeDir.
 const DEFAULT_PREFIX: &std::ffi::CStr = c"wsgi";
-/// The longest unix socket path (sun_path holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Records a use of a process group name by the directive being read (not from
 /// .htaccess, which httpd reads per request: those are checked when the request runs).
@@ -314,15 +313,12 @@ pub fn check(blocks: &[Block<'_>], main: &ServerConfig, dir: &Path) -> Result<()
     rwsgi::daemon::launch::check_program(&program)
         .map_err(|e| format!("{e} (set WSGIDaemonProgram to rwsgi-daemon's path)"))?;
     for (def, _) in &defs {
-        let socket = dir.join(format!("{}.sock", def.spec.name));
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(format!(
-                "WSGIDaemonProcess {}: the socket path {} is longer than {MAX_SOCKET_PATH} \
-                 bytes; choose a shorter WSGISocketPrefix",
-                def.spec.name,
-                socket.display()
-            ));
-        }
+        group_socket(dir, &def.spec.name).map_err(|e| {
+            format!(
+                "WSGIDaemonProcess {}: {e}; choose a shorter WSGISocketPrefix",
+                def.spec.name
+            )
+        })?;
     }
     Ok(())
 }
