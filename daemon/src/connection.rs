@@ -9,13 +9,13 @@
 use crate::lifecycle::Lifecycle;
 use crate::socket_body::SocketBody;
 use crate::socket_sink::SocketSink;
-use rwsgi::daemon::messages::{RequestFrame, ToApp};
+use rwsgi::daemon::messages::{now_us, RequestFrame, ToApp};
 use rwsgi::daemon::peer::peer_uid;
 use rwsgi::daemon::{read_frame, GroupSpec, SECRET_LEN};
 use rwsgi::{AppSpec, LogLevel, OutputEvent, ResponseSink, Runtime};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What every connection of this process is checked against.
 pub struct Served {
@@ -122,11 +122,7 @@ fn waited_us(connected_at_us: u64) -> u64 {
     if connected_at_us == 0 {
         return 0;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(connected_at_us)
+    now_us().saturating_sub(connected_at_us)
 }
 
 /// Compares without an early exit, so the time taken says nothing about the secret.

@@ -31,6 +31,7 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use rwsgi::daemon::fd_passing::recv_with_files;
+use rwsgi::daemon::messages::now_us;
 use rwsgi::daemon::socket_path;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
 use rwsgi::{AppSpec, BodyReader, LogLevel, OutputEvent, Request};
@@ -41,7 +42,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::{self, NonNull};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// The first wait before connecting again to a group whose backlog is full, and the
 /// longest (the wait doubles in between).
@@ -793,11 +794,4 @@ fn request_size(r: &Request) -> usize {
         + r.path_info.len()
         + r.query_string.len()
         + r.server_name.len()
-}
-
-/// Microseconds since the Unix epoch (0 if the clock is before it).
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
