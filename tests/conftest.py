@@ -147,6 +147,18 @@ def apache():
     yield from _servers(_checked_apache)
 
 
+def _checked_nginx():
+    s = NginxServer()
+    s.check_module()
+    return s
+
+
+@pytest.fixture
+def nginx():
+    """nginx-only tests: a factory of NginxServer instances, as `apache`."""
+    yield from _servers(_checked_nginx)
+
+
 @pytest.fixture
 def new_server(kind):
     yield from _servers(SERVERS[kind])

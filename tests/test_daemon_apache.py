@@ -15,11 +15,9 @@ socket-timeout give 504 with the reason (and the stack) in the error log.
 from __future__ import annotations
 
 import json
-import pwd
 import re
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +25,7 @@ import uuid
 import pytest
 
 from harness.apache import ApacheServer
-from harness.common import wait_until
+from harness.common import system_user, wait_until
 from harness.http import Closed, Conn, build_request, get, request, timed_stream
 
 pytestmark = pytest.mark.server_side
@@ -37,13 +35,8 @@ TENANT = "rwsgi-t1"
 
 @pytest.fixture(scope="session")
 def tenant():
-    """A system user for the group's processes (created once, left for later runs)."""
-    try:
-        return pwd.getpwnam(TENANT)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", TENANT], check=True, capture_output=True)
-        return pwd.getpwnam(TENANT)
+    """A system user for the group's processes."""
+    return system_user(TENANT)
 
 
 def token() -> str:

@@ -8,19 +8,16 @@ threads= in daemon mode, nginx's workers and wsgi_threads embedded)."""
 import http.client
 import json
 import os
-import pwd
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
 from harness import http as h
-from harness.common import HOST, Mount, free_port, wait_until
-from harness.nginx import NGINX, NginxServer
+from harness.common import HOST, Mount, free_port, system_user, wait_until
 
 pytestmark = pytest.mark.server_side
 
@@ -29,30 +26,8 @@ USERS = ("rwsgi-t1", "rwsgi-t2")
 
 @pytest.fixture(scope="session")
 def tenants():
-    """System users the groups run as (created once, kept: tests run as root)."""
-    for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                            "/usr/sbin/nologin", name], check=True)
-    return {name: pwd.getpwnam(name) for name in USERS}
-
-
-@pytest.fixture
-def nginx():
-    created = []
-
-    def factory():
-        s = NginxServer()
-        s.check_module()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
+    """System users the groups run as."""
+    return {name: system_user(name) for name in USERS}
 
 
 def group_mount(prefix, group, script="daemon_app.py", **kw):

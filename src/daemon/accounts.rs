@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(a.gid, 65534);
         // A worker uid without a passwd entry still runs, in its own group only.
         let a = for_group(&spec(None, None), 4_000_000_000, 33).unwrap();
-        assert!(!a.in_passwd && a.gid == 33 && a.home == PathBuf::from("/"));
+        assert!(!a.in_passwd && a.gid == 33 && a.home == std::path::Path::new("/"));
         assert_eq!(check(&spec(Some("nobody"), Some("nogroup"))), Ok(()));
         assert_eq!(check(&spec(None, None)), Ok(()));
     }
