@@ -77,8 +77,8 @@ def test_wsgi_app_outside_location_rejected(new_server):
 
 # Every refusal starts with the directive's name: each pattern matches mod_rwsgi's reason.
 APACHE_BAD = [
-    (["WSGIDaemonProcess site processes=2 threads=4"], "WSGIDaemonProcess",
-     r"WSGIDaemonProcess: daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIDaemonProcess site processes=2 user=rwsgi-no-such-user"], "WSGIDaemonProcess",
+     r"WSGIDaemonProcess site: no user named \"rwsgi-no-such-user\" exists \(user=\)"),
     (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
      r"WSGIScriptAlias: expected a URL path and a script file"),
     (["WSGIScriptAlias /y {apps}/hello.py bogus-option=1"], "bogus-option",
@@ -89,7 +89,7 @@ APACHE_BAD = [
 
 
 @pytest.mark.parametrize("extra,needle,words", APACHE_BAD,
-                         ids=["daemon-process", "missing-arg", "bad-option", "callable-digit"])
+                         ids=["daemon-unknown-user", "missing-arg", "bad-option", "callable-digit"])
 @pytest.mark.only("apache")
 def test_bad_mod_wsgi_directive_fails_config_test(new_server, extra, needle, words):
     s = new_server()
