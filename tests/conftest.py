@@ -134,17 +134,26 @@ def _servers(make):
         s.cleanup()
 
 
-def _checked_apache():
-    s = ApacheServer()
-    s.check_module()
-    return s
+def _checked(cls):
+    """Makes servers of `cls`, each checked for its module first."""
+    def make():
+        s = cls()
+        s.check_module()
+        return s
+    return make
 
 
 @pytest.fixture
 def apache():
     """Apache-only tests: a factory of ApacheServer instances (each checked for the
     module), all stopped and removed at the end of the test."""
-    yield from _servers(_checked_apache)
+    yield from _servers(_checked(ApacheServer))
+
+
+@pytest.fixture
+def nginx():
+    """nginx-only tests: a factory of NginxServer instances, as `apache`."""
+    yield from _servers(_checked(NginxServer))
 
 
 @pytest.fixture

@@ -79,6 +79,8 @@ def test_wsgi_app_outside_location_rejected(new_server):
 APACHE_BAD = [
     (["WSGIDaemonProcess site processes=2 stack-size=524288"], "WSGIDaemonProcess",
      r"WSGIDaemonProcess site: option \"stack-size\" is not supported"),
+    (["WSGIDaemonProcess other processes=2 user=rwsgi-no-such-user"], "WSGIDaemonProcess",
+     r"WSGIDaemonProcess other: no user named \"rwsgi-no-such-user\" exists \(user=\)"),
     (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
      r"WSGIScriptAlias: expected a URL path and a script file"),
     (["WSGIScriptAlias /y {apps}/hello.py bogus-option=1"], "bogus-option",
@@ -89,7 +91,8 @@ APACHE_BAD = [
 
 
 @pytest.mark.parametrize("extra,needle,words", APACHE_BAD,
-                         ids=["daemon-unsupported-option", "missing-arg", "bad-option", "callable-digit"])
+                         ids=["daemon-unsupported-option", "daemon-unknown-user", "missing-arg",
+                              "bad-option", "callable-digit"])
 @pytest.mark.only("apache")
 def test_bad_mod_wsgi_directive_fails_config_test(new_server, extra, needle, words):
     s = new_server()

@@ -15,11 +15,9 @@ socket-timeout give 504 with the reason (and the stack) in the error log.
 from __future__ import annotations
 
 import json
-import pwd
 import re
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +25,7 @@ import uuid
 import pytest
 
 from harness.apache import ApacheServer
-from harness.common import wait_until
+from harness.common import system_user, wait_until
 from harness.http import Closed, Conn, build_request, get, request, timed_stream
 
 pytestmark = pytest.mark.server_side
@@ -37,13 +35,8 @@ TENANT = "rwsgi-t1"
 
 @pytest.fixture(scope="session")
 def tenant():
-    """A system user for the group's processes (created once, left for later runs)."""
-    try:
-        return pwd.getpwnam(TENANT)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", TENANT], check=True, capture_output=True)
-        return pwd.getpwnam(TENANT)
+    """A system user for the group's processes."""
+    return system_user(TENANT)
 
 
 def token() -> str:
@@ -242,6 +235,10 @@ REFUSED = [
      r"WSGIDaemonProcess site: option \"stack-size\" is not supported by rwsgi"),
     (["WSGIDaemonProcess site user=rwsgi-no-such-user"],
      r"no user named \"rwsgi-no-such-user\" exists"),
+    (["WSGIDaemonProcess site user=nobody group=rwsgi-no-such-group"],
+     r"WSGIDaemonProcess site: no group named \"rwsgi-no-such-group\" exists \(group=\)"),
+    (["WSGIDaemonProcess site user=nobody group=#0"],
+     r"WSGIDaemonProcess site: group=\"#0\" is root's group \(gid 0\)"),
     (["WSGIDaemonProcess site threads=0"],
      r"option \"threads\" must be a whole number from 1"),
     (["WSGIProcessGroup nope"],
@@ -265,13 +262,18 @@ REFUSED = [
      r"computed process group names are not supported"),
     (["WSGIDaemonProcess site", "WSGIDaemonProgram /nonexistent/rwsgi-daemon"],
      r"/nonexistent/rwsgi-daemon cannot be used.*set WSGIDaemonProgram"),
+    (["WSGISocketPrefix /run/" + "d" * 100, "WSGIDaemonProcess site"],
+     r"WSGIDaemonProcess site: the socket path /run/d+\.rwsgi/site\.sock is \d+ bytes, longer "
+     r"than a unix socket allows \(107\); choose a shorter WSGISocketPrefix"),
 ]
 
 
 @pytest.mark.parametrize("lines,words", REFUSED, ids=[
-    "unknown-option", "user-root", "unsupported-option", "unknown-user", "bad-number",
+    "unknown-option", "user-root", "unsupported-option", "unknown-user", "unknown-group",
+    "group-root", "bad-number",
     "undefined-group", "undefined-alias-group", "undefined-import-group", "defined-twice",
-    "alias-match-substitution", "other-vhost", "computed-name", "missing-program"])
+    "alias-match-substitution", "other-vhost", "computed-name", "missing-program",
+    "socket-path-too-long"])
 def test_config_mistakes_are_refused_by_name(apache, lines, words):
     s = apache()
     ok, out = s.check_text(s.config_text([f"WSGIScriptAlias /ok {s.apps_dir}/hello.py"] + lines))

@@ -8,19 +8,16 @@ threads= in daemon mode, nginx's workers and wsgi_threads embedded)."""
 import http.client
 import json
 import os
-import pwd
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
 from harness import http as h
-from harness.common import HOST, Mount, free_port, wait_until
-from harness.nginx import NGINX, NginxServer
+from harness.common import HOST, Mount, free_port, system_user, wait_until
 
 pytestmark = pytest.mark.server_side
 
@@ -29,30 +26,8 @@ USERS = ("rwsgi-t1", "rwsgi-t2")
 
 @pytest.fixture(scope="session")
 def tenants():
-    """System users the groups run as (created once, kept: tests run as root)."""
-    for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                            "/usr/sbin/nologin", name], check=True)
-    return {name: pwd.getpwnam(name) for name in USERS}
-
-
-@pytest.fixture
-def nginx():
-    created = []
-
-    def factory():
-        s = NginxServer()
-        s.check_module()
-        created.append(s)
-        return s
-
-    yield factory
-    for s in created:
-        s.stop()
-        s.cleanup()
+    """System users the groups run as."""
+    return {name: system_user(name) for name in USERS}
 
 
 def group_mount(prefix, group, script="daemon_app.py", **kw):
@@ -81,6 +56,12 @@ def test_config_test_starts_no_process(nginx, tenants):
 @pytest.mark.parametrize("daemons, mounts, needle, words", [
     ({"g1": "frobnicate=1"}, [], "wsgi_daemon g1", r'unknown option "frobnicate"'),
     ({"g1": "user=root"}, [], "wsgi_daemon g1", r"user=root is refused"),
+    # The accounts are looked up while the config is read, as apache2 -t does.
+    ({"g1": "user=rwsgi-t-nosuchuser"}, [], "wsgi_daemon g1",
+     r'no user named "rwsgi-t-nosuchuser" exists \(user=\)'),
+    ({"g1": "user=nobody group=rwsgi-t-nosuchgroup"}, [], "wsgi_daemon g1",
+     r'no group named "rwsgi-t-nosuchgroup" exists \(group=\)'),
+    ({"g1": "user=nobody group=root"}, [], "wsgi_daemon g1", r'group="root" is root\'s group \(gid 0\)'),
     ({"g1": "stack-size=524288"}, [], "wsgi_daemon g1", r'"stack-size" is not supported'),
     ({"g1": "threads=0"}, [], "wsgi_daemon g1", r'"threads" must be'),
     ({"g1": ""}, [group_mount("/a", "nope")], "wsgi_process_group nope",
@@ -414,9 +395,23 @@ def test_start_with_a_group_that_cannot_run_is_refused(nginx):
     s = nginx()
     with pytest.raises(AssertionError) as e:
         s.start([group_mount("/g1", "g1")], daemons={"g1": "user=rwsgi-t-nosuchuser"})
-    assert "nginx does not start" in s.error_log(), str(e.value)
-    assert "rwsgi-t-nosuchuser" in s.error_log()
+    assert 'no user named "rwsgi-t-nosuchuser" exists' in str(e.value), str(e.value)
     assert s.master_pid is None or not os.path.exists(f"/proc/{s.master_pid}")
+    assert s.supervisor_pids() == []
+
+
+def test_start_refused_by_the_daemon_setup_names_why(nginx, tenants):
+    """What only the master can tell when it sets the groups up (here: a socket path too
+    long for a unix socket) stops nginx from starting, with the reason in its log."""
+    s = nginx()
+    long_dir = s.run / ("d" * 100)
+    with pytest.raises(AssertionError) as e:
+        s.start([group_mount("/g1", "g1")], daemons={"g1": "user=rwsgi-t1"},
+                http_extra=[f"wsgi_socket_prefix {long_dir};"])
+    assert "nginx does not start" in s.error_log(), str(e.value)
+    assert "set a shorter wsgi_socket_prefix" in s.error_log()
+    assert s.master_pid is None or not os.path.exists(f"/proc/{s.master_pid}")
+    assert not long_dir.exists()
 
 
 def test_reload_with_a_group_that_cannot_run_keeps_the_old_config(nginx, tenants):
@@ -426,8 +421,14 @@ def test_reload_with_a_group_that_cannot_run_keeps_the_old_config(nginx, tenants
     assert wait_until(lambda: len(s.app_pids()) == 1, 30), s.log_tail()
     workers, apps = s.worker_pids(), s.app_pids()
     mark, _ = s.log_mark()
-    s.reload(mounts, daemons={"g1": "user=rwsgi-t-nosuchuser"}, wait=False)
-    assert s.wait_error_log(r"the reload is refused", mark, timeout=10), s.error_log(mark)
+    # `nginx -s reload` reads the new config first and refuses it...
+    with pytest.raises(AssertionError) as e:
+        s.reload(mounts, daemons={"g1": "user=rwsgi-t-nosuchuser"}, wait=False)
+    assert 'no user named "rwsgi-t-nosuchuser" exists' in str(e.value), str(e.value)
+    # ...and so does the master, sent SIGHUP without it.
+    s.signal(signal.SIGHUP)
+    assert s.wait_error_log(r'no user named "rwsgi-t-nosuchuser" exists', mark, timeout=10), \
+        s.error_log(mark)
     assert s.worker_pids() == workers and s.app_pids() == apps
     assert get_json(s.port, "/g1/whoami")["uid"] == tenants["rwsgi-t1"].pw_uid
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness import daemon_wire as dw
-from harness.common import make_rundir, pid_alive, wait_until
+from harness.common import make_rundir, pid_alive, system_user, wait_until
 from harness.supervisor import PROGRAM, Supervisor, endpoints, secret_of, wait_gone
 
 pytestmark = pytest.mark.server_side
@@ -31,15 +31,8 @@ WORKER = pwd.getpwnam("www-data")
 
 @pytest.fixture(scope="session")
 def tenants():
-    """Two system users without a login (created once; kept for later runs)."""
-    for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                            "--shell", "/usr/sbin/nologin", name], capture_output=True)
-            pwd.getpwnam(name)  # created here or by a concurrent session
-    return [pwd.getpwnam(n) for n in USERS]
+    """Two system users without a login."""
+    return [system_user(n) for n in USERS]
 
 
 @pytest.fixture
@@ -204,10 +197,10 @@ def test_bad_groups_are_refused_and_change_nothing(run, sup, tenants):
     apply(c, [good])
     before = sup.status()
     for groups, kw, words in [
-        ([good, dw.group("x", [], user="rwsgi-no-such-user")], {}, 'group x: user "rwsgi-no-such-user" does not exist'),
+        ([good, dw.group("x", [], user="rwsgi-no-such-user")], {}, 'group x: no user named "rwsgi-no-such-user" exists'),
         ([good, dw.group("x", [], user="#0")], {}, "never runs as root"),
         ([good, dw.group("x", [])], {"worker_uid": 0}, "worker user is root"),
-        ([good, dw.group("x", [], user="rwsgi-t1", group="rwsgi-no-such-group")], {}, '"rwsgi-no-such-group" does not exist'),
+        ([good, dw.group("x", [], user="rwsgi-t1", group="rwsgi-no-such-group")], {}, 'group x: no group named "rwsgi-no-such-group" exists'),
         ([good, good], {}, "configured twice"),
         ([good, dw.group("../x", [])], {}, "process group name"),
     ]:

@@ -4,6 +4,7 @@
 //! on FILE frames (SCM_RIGHTS), so a `wsgi.file_wrapper` file reaches Apache's sendfile.
 
 use rwsgi::daemon::fd_passing::recv_with_files;
+use rwsgi::daemon::socket_path;
 use rwsgi::daemon::{Frame, FrameBuffer};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -135,20 +136,7 @@ impl AppStream {
 /// connect to a unix socket would wait for as long as the group's processes are busy).
 fn connect_once(path: &Path, wait: Duration) -> io::Result<UnixStream> {
     use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
+    let (addr, len) = socket_path::address(path)?;
     // SAFETY: socket has no memory preconditions.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -158,15 +146,8 @@ fn connect_once(path: &Path, wait: Duration) -> io::Result<UnixStream> {
     let sock = unsafe { UnixStream::from_raw_fd(fd) };
     // A zero timeout would mean "wait forever".
     sock.set_write_timeout(Some(wait.max(Duration::from_millis(1))))?;
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
     // SAFETY: addr is a filled sockaddr_un and len covers the family, the path and its NUL.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

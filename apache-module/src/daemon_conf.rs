@@ -11,11 +11,11 @@
 //! any of its sections) names it, and every WSGIImportScript with its
 //! `process-group=`.
 
-use crate::accounts;
 use crate::bindings::*;
 use crate::config::{self, DirConfig, Effective, Pattern, ServerConfig, EMBEDDED};
 use crate::directives::{call, dir_config, Cmd, Outcome};
 use crate::options::{check_process_group, split_words};
+use rwsgi::daemon::socket_path::group_socket;
 use rwsgi::daemon::GroupSpec;
 use rwsgi::{AppSpec, AppTarget};
 use std::ffi::{c_char, c_int, c_void};
@@ -47,8 +47,6 @@ pub struct GroupRef {
 const DIR_SUFFIX: &str = ".rwsgi";
 /// mod_wsgi's default prefix, relative to DefaultRuntimeDir.
 const DEFAULT_PREFIX: &std::ffi::CStr = c"wsgi";
-/// The longest unix socket path (sun_path holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Records a use of a process group name by the directive being read (not from
 /// .htaccess, which httpd reads per request: those are checked when the request runs).
@@ -78,28 +76,13 @@ fn define(cmd: Cmd<'_>, args: &str) -> Outcome {
     };
     let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let spec = GroupSpec::parse(name, &options)
-        .and_then(|spec| check_accounts(&spec).map(|()| spec))
+        .and_then(|spec| spec.check_accounts().map(|()| spec))
         .map_err(|e| format!("WSGIDaemonProcess {name}: {e}"))?;
     let at = cmd.location();
     // SAFETY: the only reference to the server config in this directive.
     unsafe { cmd.server_config() }?
         .daemons
         .push(DaemonDef { spec, at });
-    Ok(())
-}
-
-/// The accounts exist, and none is root under another name.
-fn check_accounts(spec: &GroupSpec) -> Result<(), String> {
-    if let Some(user) = &spec.user {
-        if accounts::user_id(user)? == 0 {
-            return Err(format!(
-                "user=\"{user}\" is root (uid 0): an app must not run as root"
-            ));
-        }
-    }
-    if let Some(group) = &spec.group {
-        accounts::group_id(group)?;
-    }
     Ok(())
 }
 
@@ -330,15 +313,12 @@ pub fn check(blocks: &[Block<'_>], main: &ServerConfig, dir: &Path) -> Result<()
     rwsgi::daemon::launch::check_program(&program)
         .map_err(|e| format!("{e} (set WSGIDaemonProgram to rwsgi-daemon's path)"))?;
     for (def, _) in &defs {
-        let socket = dir.join(format!("{}.sock", def.spec.name));
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(format!(
-                "WSGIDaemonProcess {}: the socket path {} is longer than {MAX_SOCKET_PATH} \
-                 bytes; choose a shorter WSGISocketPrefix",
-                def.spec.name,
-                socket.display()
-            ));
-        }
+        group_socket(dir, &def.spec.name).map_err(|e| {
+            format!(
+                "WSGIDaemonProcess {}: {e}; choose a shorter WSGISocketPrefix",
+                def.spec.name
+            )
+        })?;
     }
     Ok(())
 }

@@ -20,13 +20,12 @@ use crate::live::Live;
 use crate::log::{self, Level};
 use crate::req::Req;
 use crate::sink::ApacheSink;
-use rwsgi::daemon::messages::{AppRef, FromApp, RequestFrame, ToApp};
+use rwsgi::daemon::messages::{now_us, AppRef, FromApp, RequestFrame, ToApp};
 use rwsgi::daemon::DATA_FRAME;
 use rwsgi::{BodyReader, OutputEvent, Request, ResponseSink};
 use std::ffi::c_int;
 use std::io;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds a client is told to wait after a 503 (group busy or not reachable).
 const RETRY_AFTER: &std::ffi::CStr = c"5";
@@ -50,10 +49,7 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
         return refuse_busy(req, group);
     };
     let what = String::from_utf8_lossy(req.the_request().unwrap_or_default()).into_owned();
-    let connected_at_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let connected_at_us = now_us();
     let mut stream = match AppStream::connect(&group.socket, group.connect_timeout) {
         Ok(stream) => stream,
         Err(e) => {

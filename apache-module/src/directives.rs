@@ -12,7 +12,7 @@ use crate::ffi::guard;
 use crate::module::other_wsgi_module;
 use crate::options::{
     check_application_group, check_process_group, max_group_reference, parse_flag, parse_map_head,
-    parse_options, split_python_path, split_words,
+    parse_options, split_words,
 };
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::marker::PhantomData;
@@ -383,7 +383,8 @@ unsafe extern "C" fn python_path(
     cmd.run(|| {
         cmd.global_only()?;
         // SAFETY: the only reference to the server config in this directive.
-        unsafe { cmd.server_config() }?.python_path = split_python_path(&value);
+        unsafe { cmd.server_config() }?.python_path =
+            rwsgi::daemon::group::split_python_path(&value);
         Ok(())
     })
 }

@@ -13,7 +13,6 @@
 //! [`daemon_groups`] is what the children know of them, and [`daemon_proxy`] carries a
 //! request over an [`app_stream`] to its group, with the same body reader and sink.
 
-mod accounts;
 mod app_stream;
 mod apr;
 mod bindings;

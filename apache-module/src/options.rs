@@ -166,15 +166,6 @@ pub fn max_group_reference(template: &str) -> usize {
     max
 }
 
-/// WSGIPythonPath: colon-separated directories, empty parts ignored.
-pub fn split_python_path(value: &str) -> Vec<String> {
-    value
-        .split(':')
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +239,5 @@ mod tests {
         assert_eq!(max_group_reference("/srv/app.wsgi"), 0);
         assert_eq!(max_group_reference(r"/srv/\$3.wsgi"), 0);
         assert_eq!(max_group_reference("/srv/$"), 0);
-        assert_eq!(split_python_path("/a::/b:"), ["/a", "/b"]);
     }
 }

@@ -9,13 +9,13 @@
 use crate::lifecycle::Lifecycle;
 use crate::socket_body::SocketBody;
 use crate::socket_sink::SocketSink;
-use rwsgi::daemon::messages::{RequestFrame, ToApp};
+use rwsgi::daemon::messages::{now_us, RequestFrame, ToApp};
+use rwsgi::daemon::peer::peer_uid;
 use rwsgi::daemon::{read_frame, GroupSpec, SECRET_LEN};
 use rwsgi::{AppSpec, LogLevel, OutputEvent, ResponseSink, Runtime};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What every connection of this process is checked against.
 pub struct Served {
@@ -42,9 +42,9 @@ pub fn serve(conn: UnixStream, served: &Served, lifecycle: &Lifecycle) {
         return;
     }
     match peer_uid(&conn) {
-        Some(uid) if served.allowed_uids.contains(&uid) => {}
-        Some(uid) => return log(&format!("refused a connection from uid {uid}")),
-        None => return log("refused a connection whose peer is unknown"),
+        Ok(uid) if served.allowed_uids.contains(&uid) => {}
+        Ok(uid) => return log(&format!("refused a connection from uid {uid}")),
+        Err(e) => return log(&format!("refused a connection whose peer is unknown: {e}")),
     }
     let frame = match read_frame(&mut &conn) {
         Ok(Some(frame)) => frame,
@@ -122,34 +122,10 @@ fn waited_us(connected_at_us: u64) -> u64 {
     if connected_at_us == 0 {
         return 0;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(connected_at_us)
+    now_us().saturating_sub(connected_at_us)
 }
 
 /// Compares without an early exit, so the time taken says nothing about the secret.
 fn same_secret(a: &[u8; SECRET_LEN], b: &[u8; SECRET_LEN]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn peer_uid(conn: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for writes of the sizes given; the fd is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
 }

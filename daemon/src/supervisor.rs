@@ -8,7 +8,6 @@
 //! It stops, with every group, when the last server that applied groups closes its
 //! lifeline (unless `--standalone`), or on SIGTERM / SIGINT.
 
-mod accounts;
 mod backoff;
 mod control_server;
 mod groups;

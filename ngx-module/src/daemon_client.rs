@@ -31,6 +31,8 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use rwsgi::daemon::fd_passing::recv_with_files;
+use rwsgi::daemon::messages::now_us;
+use rwsgi::daemon::socket_path;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
 use rwsgi::{AppSpec, BodyReader, LogLevel, OutputEvent, Request};
 use std::cell::RefCell;
@@ -39,9 +41,8 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::ptr::{self, NonNull};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// The first wait before connecting again to a group whose backlog is full, and the
 /// longest (the wait doubles in between).
@@ -54,8 +55,6 @@ const RECV_CHUNK: usize = 64 * 1024;
 const OUT_LIMIT: usize = 1 << 20;
 /// What a REQUEST frame holds beside the request's own bytes, generously.
 const REQUEST_OVERHEAD: usize = 64 * 1024;
-/// The longest unix socket path (sun_path with its final NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 thread_local! {
     /// The event loop's buffer for reading app sockets (one loop, one buffer).
@@ -507,17 +506,10 @@ impl AppConn {
     /// One non-blocking connect to the group's socket; on success the connection joins
     /// the event loop.
     fn try_connect(&mut self) -> Attempt {
-        let path = self.target.socket.as_os_str().as_bytes();
-        if path.len() > MAX_SOCKET_PATH {
-            return Attempt::Refused("the socket path is too long".into());
-        }
-        // SAFETY: sockaddr_un is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, src) in addr.sun_path.iter_mut().zip(path) {
-            *dst = *src as libc::c_char;
-        }
-        let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + path.len() + 1;
+        let (addr, len) = match socket_path::address(&self.target.socket) {
+            Ok(address) => address,
+            Err(e) => return Attempt::Refused(e.to_string()),
+        };
         // SAFETY: socket has no memory preconditions; the descriptor is ours.
         let fd = unsafe {
             libc::socket(
@@ -534,7 +526,7 @@ impl AppConn {
             libc::connect(
                 fd,
                 &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-                len as libc::socklen_t,
+                len,
             )
         };
         if rc != 0 {
@@ -802,11 +794,4 @@ fn request_size(r: &Request) -> usize {
         + r.path_info.len()
         + r.query_string.len()
         + r.server_name.len()
-}
-
-/// Microseconds since the Unix epoch (0 if the clock is before it).
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }

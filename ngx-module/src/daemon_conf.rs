@@ -21,6 +21,7 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::{ngx_conf_log_error, ngx_log_error};
 use rwsgi::daemon::control::{ensure, Apply};
+use rwsgi::daemon::socket_path::group_socket;
 use rwsgi::daemon::{GroupSpec, SECRET_LEN};
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -32,8 +33,6 @@ use std::sync::Mutex;
 const DEFAULT_PREFIX_ROOT: &str = "/run/rwsgi";
 /// `wsgi_process_group %{GLOBAL}`: the location runs embedded, in the worker.
 const EMBEDDED: &str = "%{GLOBAL}";
-/// The longest unix socket path (sun_path holds 108 bytes with the final NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// The http level's daemon settings, part of MainConf.
 #[derive(Debug, Default)]
@@ -161,7 +160,9 @@ pub unsafe extern "C" fn set_daemon(
             if mc.daemon.find(name).is_some() {
                 return refuse(cf, &format!("wsgi_daemon \"{name}\" is defined twice"));
             }
-            match GroupSpec::parse(name, &options) {
+            match GroupSpec::parse(name, &options)
+                .and_then(|group| group.check_accounts().map(|()| group))
+            {
                 Ok(group) => {
                     mc.daemon.groups.push(group);
                     NGX_CONF_OK
@@ -335,6 +336,11 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
         Some(mc) => (mc.daemon.dir(&conf_file), mc.daemon.groups.clone()),
         None => (default_dir(&conf_file), Vec::new()),
     };
+    // Refused before anything changes, so that the previous config's groups keep running.
+    for g in &groups {
+        group_socket(&dir, &g.name)
+            .map_err(|e| format!("group {}: {e}: set a shorter wsgi_socket_prefix", g.name))?;
+    }
     // Groups the previous config ran elsewhere (or at all, if there are none now) stop.
     let stale: Vec<PathBuf> = applied
         .iter()
@@ -372,17 +378,6 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     let program = mc.daemon.program()?;
     // SAFETY: cycle is live (caller).
     let apply = unsafe { apply_request(cycle, groups)? };
-    for g in &apply.groups {
-        let socket_len = dir.as_os_str().len() + 1 + g.name.len() + ".sock".len();
-        if socket_len > MAX_SOCKET_PATH {
-            return Err(format!(
-                "the socket of group {} in {} would be {socket_len} bytes long, over the \
-                 limit of {MAX_SOCKET_PATH}: set a shorter wsgi_socket_prefix",
-                g.name,
-                dir.display()
-            ));
-        }
-    }
     if let Some(parent) = dir.parent() {
         make_root_dir(parent)?;
     }

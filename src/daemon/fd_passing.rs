@@ -20,22 +20,14 @@ const MAX_FDS: usize = 4;
 /// descriptor goes with the first of them, so a short write must not be retried with it).
 pub fn send_with_file(sock: RawFd, bytes: &[u8], file: &File) -> io::Result<usize> {
     let fd = file.as_raw_fd();
-    // Room for one cmsghdr with one int, aligned as CMSG_SPACE says.
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = Control::room_for(1);
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
     };
-    // SAFETY: msghdr is plain data; all-zero is its empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points at `space` bytes, enough for one header (CMSG_FIRSTHDR
-    // then returns a pointer inside it, never null).
+    let msg = message(&mut iov, &mut control);
+    // SAFETY: msg_control points at room for one header (CMSG_FIRSTHDR then returns a
+    // pointer inside it, never null).
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: cmsg points into `control`, which has room for the header and one int;
     // CMSG_DATA points at that int's place; write_unaligned needs no alignment.
@@ -62,19 +54,12 @@ pub fn recv_with_files(
     files: &mut VecDeque<File>,
     flags: libc::c_int,
 ) -> io::Result<usize> {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = Control::room_for(MAX_FDS);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    // SAFETY: msghdr is plain data; all-zero is its empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut msg = message(&mut iov, &mut control);
     // SAFETY: buf and control outlive the call; the kernel writes at most their lengths.
     let n = unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
@@ -110,4 +95,35 @@ pub fn recv_with_files(
         ));
     }
     Ok(n as usize)
+}
+
+/// A control area for `sendmsg` / `recvmsg`, aligned for the `cmsghdr`s that go in it.
+struct Control {
+    words: Vec<u64>,
+    /// Its size in bytes, as CMSG_SPACE says.
+    len: usize,
+}
+
+impl Control {
+    /// Room for one header carrying `fds` descriptors.
+    fn room_for(fds: usize) -> Control {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let len = unsafe { libc::CMSG_SPACE((fds * size_of::<RawFd>()) as u32) } as usize;
+        Control {
+            words: vec![0; len.div_ceil(size_of::<u64>())],
+            len,
+        }
+    }
+}
+
+/// A message of the one buffer `iov` and the control area `control`. It points into
+/// both, which must stay in place until it is used no more.
+fn message(iov: &mut libc::iovec, control: &mut Control) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.words.as_mut_ptr().cast();
+    msg.msg_controllen = control.len as _;
+    msg
 }

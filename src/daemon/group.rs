@@ -159,13 +159,7 @@ impl GroupSpec {
             }
             "home" => self.home = Some(absolute(key, value)?),
             "python-home" => self.python_home = Some(absolute(key, value)?),
-            "python-path" => {
-                self.python_path = value
-                    .split(':')
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            }
+            "python-path" => self.python_path = split_python_path(value),
             "display-name" => self.display_name = Some(text()?),
             "maximum-requests" => self.maximum_requests = count(key, value, 0, u64::MAX)?,
             "restart-interval" => self.restart_interval = count(key, value, 0, u64::MAX)?,
@@ -189,6 +183,15 @@ impl GroupSpec {
             _ => return Err(format!("unknown option \"{key}\"")),
         }
         Ok(())
+    }
+
+    /// The accounts `user=` and `group=` name exist and are not root's. Each server
+    /// module calls this while it reads the config, so that a misspelt name fails its
+    /// config test; the supervisor looks them up again, the same way, when it applies
+    /// the group (accounts.rs). A group without `user=` runs as the server's worker
+    /// account, which only the apply can check.
+    pub fn check_accounts(&self) -> Result<(), String> {
+        super::accounts::check(self)
     }
 
     /// The name the processes show in `ps`.
@@ -221,6 +224,16 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
             "process group name \"{name}\": use letters, digits, '_', '-' and '.' (at most 64)"
         ))
     }
+}
+
+/// A python-path (`python-path=`, Apache's WSGIPythonPath): colon-separated
+/// directories, empty parts ignored.
+pub fn split_python_path(value: &str) -> Vec<String> {
+    value
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn count(key: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -263,6 +276,7 @@ mod tests {
         .unwrap();
         assert_eq!((g.processes, g.threads, g.maximum_requests), (2, 15, 1000));
         assert_eq!(g.python_path, ["/srv/a", "/srv/b"]);
+        assert_eq!(split_python_path("/a::/b:"), ["/a", "/b"]);
         assert_eq!(g.umask, Some(0o027));
         assert_eq!(g.process_title(), "(wsgi:site1)");
     }

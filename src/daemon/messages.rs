@@ -14,6 +14,7 @@ use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead};
 use crate::Chunk;
 use std::borrow::Cow;
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The per-group secret a server worker proves itself with.
 pub const SECRET_LEN: usize = 32;
@@ -34,6 +35,14 @@ const LOG: u8 = 23;
 pub struct AppRef {
     pub target: AppTarget,
     pub callable: String,
+}
+
+/// The clock of `RequestFrame::connected_at_us`: microseconds since the Unix epoch (0
+/// for a clock before it), read by the server worker and compared by the app process.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The first frame of a connection.

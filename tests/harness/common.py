@@ -100,6 +100,19 @@ def children_of(pid: int) -> list[int]:
     return sorted(out)
 
 
+def system_user(name: str):
+    """The passwd entry of `name`, a system user without a login or a home (with a group
+    of its own) for a daemon group's processes: created if missing and kept for later
+    runs (tests run as root). Another session creating it meanwhile is fine."""
+    import pwd
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--shell", "/usr/sbin/nologin", name], capture_output=True)
+        return pwd.getpwnam(name)
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -7,8 +7,8 @@
 //! closing (the server's master stopped or died).
 
 use super::log::warning;
-use super::sys;
 use rwsgi::daemon::control::{read_message, write_message, ControlReply, ControlRequest};
+use rwsgi::daemon::peer::peer_uid;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -138,10 +138,16 @@ impl ControlServer {
             match listener.accept() {
                 Ok((stream, _)) => {
                     // The socket is root's 0600 already; this is the second lock.
-                    match sys::peer_uid(stream.as_raw_fd()) {
-                        Some(0) => {}
-                        uid => {
-                            warning!("refused a control connection from uid {uid:?}: only root may use it");
+                    match peer_uid(&stream) {
+                        Ok(0) => {}
+                        Ok(uid) => {
+                            warning!(
+                                "refused a control connection from uid {uid}: only root may use it"
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            warning!("refused a control connection whose peer is unknown: {e}");
                             continue;
                         }
                     }

@@ -10,14 +10,15 @@
 //!   waiting in a backlog no one accepts from) and its processes drain the same way.
 //! - Exit 0 (recycled): a new process at once. Anything else: restarted with backoff.
 
-use super::accounts::{self, Account};
 use super::backoff::Backoff;
 use super::log::{error, info, warning};
 use super::spawn::{self, Plan, CANNOT_START};
 use super::{readiness, sockets, sys};
 use crate::app_config::AppProcessConfig;
+use rwsgi::daemon::accounts::{self, Account};
 use rwsgi::daemon::control::{encode_hex, Apply, Endpoint, GroupStatus, ProcessInfo};
 use rwsgi::daemon::group::check_group_name;
+use rwsgi::daemon::socket_path::group_socket;
 use rwsgi::daemon::{GroupSpec, SECRET_LEN};
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -132,8 +133,12 @@ impl Groups {
                     ));
                 }
                 let account = accounts::for_group(spec, apply.worker_uid, apply.worker_gid)?;
-                let socket = self.dir.join(format!("{}.sock", spec.name));
-                sockets::check_path(&socket).map_err(|e| format!("group {}: {e}", spec.name))?;
+                let socket = group_socket(&self.dir, &spec.name).map_err(|e| {
+                    format!(
+                        "group {}: {e}: use a shorter socket directory or group name",
+                        spec.name
+                    )
+                })?;
                 Ok(Prepared {
                     spec: spec.clone(),
                     served: served.clone(),

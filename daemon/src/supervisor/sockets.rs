@@ -11,23 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-/// sun_path holds 108 bytes with the terminating NUL.
-const MAX_PATH: usize = 107;
-
-pub fn check_path(path: &Path) -> Result<(), String> {
-    let len = path.as_os_str().len();
-    if len > MAX_PATH {
-        return Err(format!(
-            "its socket path {} is {len} bytes, longer than a unix socket allows ({MAX_PATH}): \
-             use a shorter socket directory or group name",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
+/// Binds the group socket `path` (a `group_socket` path, so it fits in an address).
 pub fn create(path: &Path, worker_gid: u32, backlog: u32) -> Result<UnixListener, String> {
-    check_path(path)?;
     let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => return Err(format!("{} is a directory", path.display())),

@@ -9,9 +9,9 @@
 //! single-threaded, so the child could allocate safely, but it has no reason to.
 //! Any failure in the child is logged and ends it with [`CANNOT_START`].
 
-use super::accounts::Account;
 use super::signals;
 use super::sys;
+use rwsgi::daemon::accounts::Account;
 use rwsgi::daemon::GroupSpec;
 use std::ffi::CString;
 use std::io::Write;

@@ -47,27 +47,6 @@ pub fn random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The uid of a unix socket's peer (SO_PEERCRED).
-pub fn peer_uid(fd: RawFd) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
-}
-
 /// Sends `signal` to a child of this process that has not been reaped yet (so its pid
 /// cannot have been reused).
 pub fn kill(pid: i32, signal: libc::c_int) {
