@@ -100,3 +100,29 @@ def test_script_reloading(make_server):
     st = script.stat()
     os.utime(script, (st.st_atime, st.st_mtime + 5))
     assert wait_until(lambda: get(s.port, "/r").body == b"version 2\n", 5), get(s.port, "/r")
+
+
+@pytest.mark.only("nginx")
+def test_daemon_group_runs_the_servers_python_home(make_server, venv):
+    # A group without python-home= runs wsgi_python_home, as mod_wsgi's daemons run
+    # WSGIPythonHome.
+    s = make_server([Mount("/venv", "venv_app.py", extra=["wsgi_process_group g;"])],
+                    python_home=str(venv), daemons={"g": "threads=2"})
+    r = get(s.port, "/venv")
+    assert r.status == 200, s.log_tail()
+    msg, prefix, _ = r.body.decode().split("|")
+    assert (msg, prefix) == ("from the venv", str(venv))
+
+
+@pytest.mark.only("apache")
+def test_daemon_group_runs_the_servers_python_home_apache(apache, venv):
+    s = apache()
+    s.start_text(s.config_text([
+        f"WSGIPythonHome {venv}",
+        "WSGIDaemonProcess g threads=2",
+        "WSGIScriptAlias /venv {apps}/venv_app.py process-group=g",
+    ]))
+    r = get(s.port, "/venv")
+    assert r.status == 200, s.error_log()
+    msg, prefix, _ = r.body.decode().split("|")
+    assert (msg, prefix) == ("from the venv", str(venv))

@@ -53,7 +53,13 @@ pub unsafe fn post_config(pconf: *mut apr_pool_t, s: *mut server_rec) -> Result<
         daemon_groups::publish(table);
         return Ok(());
     }
-    let specs = daemon_conf::groups_with_apps(&blocks);
+    let mut specs = daemon_conf::groups_with_apps(&blocks);
+    // A group without python-home= runs the server's WSGIPythonHome, as mod_wsgi's daemons do.
+    for spec in &mut specs {
+        if spec.python_home.is_none() {
+            spec.python_home = main.python_home.clone();
+        }
+    }
     // SAFETY: pconf is live.
     let dir = unsafe { daemon_conf::supervisor_dir(pconf, main) };
     // SAFETY: s is the live main server, its process record live with the parent.

@@ -326,6 +326,18 @@ pub unsafe fn apply_at_start(cycle: *mut ngx_cycle_t) -> Result<(), String> {
 ///
 /// # Safety
 /// cycle is live, its config read; on the master's thread, before workers are forked.
+/// The configured groups; one without python-home= runs `wsgi_python_home` (what
+/// embedded locations run), as mod_wsgi's daemons run WSGIPythonHome.
+fn groups_with_home(mc: &crate::config::MainConf) -> Vec<GroupSpec> {
+    let mut groups = mc.daemon.groups.clone();
+    for g in &mut groups {
+        if g.python_home.is_none() {
+            g.python_home = mc.python_home.as_ref().map(PathBuf::from);
+        }
+    }
+    groups
+}
+
 unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     // SAFETY: cycle is live (caller).
     let conf_file = unsafe { (*cycle).conf_file.as_bytes().to_vec() };
@@ -333,7 +345,7 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     let mc = unsafe { Module::main_conf_mut(&*cycle) };
     let mut applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, groups) = match &mc {
-        Some(mc) => (mc.daemon.dir(&conf_file), mc.daemon.groups.clone()),
+        Some(mc) => (mc.daemon.dir(&conf_file), groups_with_home(mc)),
         None => (default_dir(&conf_file), Vec::new()),
     };
     // Refused before anything changes, so that the previous config's groups keep running.
