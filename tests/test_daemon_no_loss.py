@@ -22,8 +22,10 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,7 +46,10 @@ SCRIPT_1, SCRIPT_2 = "daemon_app.py", "daemon_app_2.py"
 CLIENTS = 280          # keep-alive clients looping short requests
 STREAMS = 20           # clients streaming a large response slowly
 STREAM_CHUNKS = 48     # 64 KiB chunks: 3 MiB per stream
-READ_PAUSE = 0.03      # seconds a slow client sleeps after each 64 KiB it reads
+READ_PAUSE = 0.08      # seconds a slow client sleeps after each 64 KiB read: >= 4 s a stream
+# The app paces the stream too: loopback TCP buffers (MiBs) would otherwise take a whole
+# stream at once and free the app's thread long before the slow client is done.
+STREAM_DELAY = 0.06
 POST_SIZES = (0, 1, 1000, 16_384, 100_000)
 REQUEST_TIMEOUT = 60   # a request not answered by then is a lost one
 
@@ -72,11 +77,22 @@ class _Conn:
         self.used = 0   # answers read on this connection
 
     @classmethod
-    async def open(cls, port):
+    async def open(cls, port, rcvbuf=None):
+        """`rcvbuf`: a small receive buffer (a slow client's): the answer then waits in
+        the app, not in loopback buffers that would take a whole stream at once."""
         loop = asyncio.get_running_loop()
         reader = _CountingReader(limit=1 << 16)
         protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.create_connection(lambda: protocol, HOST, port)
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (HOST, port))
+        except BaseException:
+            sock.close()
+            raise
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
         return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     def close(self):
@@ -112,14 +128,16 @@ async def _exchange(conn, head: bytes, body: bytes, pause: float = 0.0):
     async def take(n):
         nonlocal length
         while n > 0:
-            part = await conn.reader.readexactly(min(n, 1 << 16))
+            part = await conn.reader.read(min(n, 1 << 16))
+            if not part:
+                raise asyncio.IncompleteReadError(bytes(got or b""), n)
             n -= len(part)
             length += len(part)
             if keep:
                 got.extend(part)
             else:
                 digest.update(part)
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause * len(part) / 65536)
 
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
@@ -163,7 +181,10 @@ class Load:
         self.port, self.prefixes = port, list(prefixes)
         self.clients, self.streams = clients, streams
         self.ok = self.streams_done = self.attempts = 0
+        self.streaming = 0   # streams in flight
         self.retried: list[str] = []   # tags of the attempts sent again
+        self.spans: list[tuple[float, float]] = []   # (start, end) of each whole stream
+        self.marks: dict[str, float] = {}
         self.errors: list[str] = []
         self.pids = {p: set() for p in self.prefixes}
         self.stopping = False
@@ -189,6 +210,14 @@ class Load:
         start = self.ok
         return wait_until(lambda: self.ok >= start + n or self.errors, timeout, 0.1)
 
+    def mark(self, event):
+        """Notes when `event` happened: streams must have been running across it."""
+        self.marks[event] = time.monotonic()
+
+    def streams_across(self, event) -> int:
+        t = self.marks[event]
+        return sum(1 for a, b in self.spans if a < t < b)
+
     def unread_retries(self, server) -> list[str]:
         """Retried attempts the server logged: it read those requests, so closing their
         connection without an answer lost them (the retry rule does not cover them)."""
@@ -196,7 +225,9 @@ class Load:
         return [t for t in self.retried if f"r={t} " in logged]
 
     def summary(self):
-        return (f"{self.ok} requests and {self.streams_done} streams answered, "
+        took = sorted(b - a for a, b in self.spans) or [0]
+        return (f"{self.ok} requests and {self.streams_done} streams answered "
+                f"(in {took[0]:.1f} to {took[-1]:.1f} s), "
                 f"{len(self.retried)} retried per RFC 9112 9.3.1, {len(self.errors)} errors: "
                 f"{self.errors[:10]}")
 
@@ -216,7 +247,7 @@ class Load:
             head = _request_head(method, tagged, self.port, None if body is None else len(body))
             try:
                 if state.get("conn") is None:
-                    state["conn"] = await _Conn.open(self.port)
+                    state["conn"] = await _Conn.open(self.port, 16384 if pause else None)
                 conn = state["conn"]
                 answer = await asyncio.wait_for(_exchange(conn, head, body or b"", pause),
                                                 REQUEST_TIMEOUT)
@@ -285,8 +316,11 @@ class Load:
             prefix = self.prefixes[i % len(self.prefixes)]
             seed = f"s{i}-{k}"
             k += 1
-            path = f"{prefix}/pattern?seed={seed}&n={STREAM_CHUNKS}"
+            path = f"{prefix}/pattern?seed={seed}&n={STREAM_CHUNKS}&delay={STREAM_DELAY}"
+            began = time.monotonic()
+            self.streaming += 1
             answer = await self._one(state, f"stream {path}", "GET", path, pause=READ_PAUSE)
+            self.streaming -= 1
             if answer is None:
                 continue
             status, _, digest, length, _ = answer
@@ -296,6 +330,7 @@ class Load:
                                    f"{', wrong content' if length == want_length else ''}")
                 continue
             self.streams_done += 1
+            self.spans.append((began, time.monotonic()))
         if state.get("conn") is not None:
             state["conn"].close()
 
@@ -347,7 +382,8 @@ def nginx_start(s, g1="", g2=""):
               for g, script in (("g1", SCRIPT_1), ("g2", SCRIPT_2))]
     daemons = {"g1": f"user=rwsgi-t1 processes=2 threads=8 {g1}".strip(),
                "g2": f"user=rwsgi-t2 processes=2 threads=8 {g2}".strip()}
-    return mounts, dict(daemons=daemons, workers=2)
+    # POST bodies stay in memory (no "buffered to a temporary file" warning per request).
+    return mounts, dict(daemons=daemons, workers=2, http_extra=["client_body_buffer_size 128k;"])
 
 
 def apache_lines(s, g1="", g2=""):
@@ -381,6 +417,7 @@ def run_load(s, scenario, before=500, after=1500):
     more; stops the load (streams finish) and asserts nothing was lost."""
     with Load(s.port, ["/g1", "/g2"]) as load:
         assert load.wait_more(before), load.summary()
+        assert wait_until(lambda: load.streaming == STREAMS, 10), load.summary()
         scenario(load)
         assert load.wait_more(after), load.summary()
     assert load.errors == [], f"{load.summary()}\nerror log:\n{s.log_tail(60)}"
@@ -390,6 +427,11 @@ def run_load(s, scenario, before=500, after=1500):
     assert wait_until(lambda: s.access_log().count("\n") >= answered, 20), load.summary()
     read = load.unread_retries(s)
     assert read == [], f"retried requests the server had read: {read[:10]}"
+    statuses = set(re.findall(r'HTTP/1\.1" (\d{3}) ', s.access_log()))
+    assert statuses == {"200"}, f"the access log has statuses {statuses}"
+    # Slow streams were running across each event (and finished whole: no errors).
+    for event in load.marks:
+        assert load.streams_across(event) >= STREAMS // 2, (event, load.summary())
     # Every slow client finished at least one whole stream.
     assert load.streams_done >= STREAMS, load.summary()
     print(f"{s.kind}: {load.summary()}")
@@ -398,15 +440,22 @@ def run_load(s, scenario, before=500, after=1500):
 
 # ---- scenarios ----------------------------------------------------------------------------
 
+# A recycled process finishes its slow streams (seconds here, minutes for real downloads)
+# while its group must keep serving: a connect-timeout shorter than a stream makes any
+# request that waits for the drain to end fail (503), instead of only being slow.
+DRAIN_TEST = "connect-timeout=2"
+
 def test_nginx_reload_loses_nothing(servers, tenants):
     s = start("nginx", servers)
     g1, g2 = group_pids(s, "rwsgi-t1"), group_pids(s, "rwsgi-t2")
 
     def scenario(load):
+        load.mark("reload")
         s.reload()                                        # the same config
         assert load.wait_more(1000), load.summary()
         mounts, opts = nginx_start(s, g2="graceful-timeout=20")
-        s.reload(mounts, **opts)                          # g2 changed
+        load.mark("reload with g2 changed")
+        s.reload(mounts, **opts)
 
     run_load(s, scenario)
     assert group_pids(s, "rwsgi-t1") == g1, "an unchanged group keeps its processes"
@@ -421,13 +470,16 @@ def test_nginx_binary_upgrade_loses_nothing(servers, tenants):
     masters = []
 
     def scenario(load):
+        load.mark("USR2")
         os.kill(old_master, signal.SIGUSR2)
         assert wait_until(lambda: (s.master_pid or old_master) != old_master, 10), s.log_tail()
         masters.append(s.master_pid)
         assert wait_until(lambda: len(s.worker_pids()) >= 2, 10), s.log_tail()
         assert load.wait_more(500), load.summary()        # both masters' workers serve
+        load.mark("WINCH")
         os.kill(old_master, signal.SIGWINCH)              # the old workers finish and go
         assert load.wait_more(500), load.summary()
+        load.mark("QUIT")
         os.kill(old_master, signal.SIGQUIT)
         assert wait_until(lambda: not os.path.exists(f"/proc/{old_master}"), 30)
 
@@ -441,10 +493,12 @@ def test_apache_graceful_restart_loses_nothing(servers, tenants):
     g1, g2 = group_pids(s, "rwsgi-t1"), group_pids(s, "rwsgi-t2")
 
     def scenario(load):
+        load.mark("graceful")
         s.reload()                                        # the same config
         assert load.wait_more(1000), load.summary()
         s.conf_path.write_text(apache_lines(s, g2="graceful-timeout=20"))
-        s.reload()                                        # g2 changed
+        load.mark("graceful with g2 changed")
+        s.reload()
 
     run_load(s, scenario)
     assert group_pids(s, "rwsgi-t1") == g1, "an unchanged group keeps its processes"
@@ -454,13 +508,14 @@ def test_apache_graceful_restart_loses_nothing(servers, tenants):
 
 @pytest.mark.parametrize("kind", ["nginx", "apache"])
 def test_maximum_requests_recycling_loses_nothing(servers, tenants, kind):
-    s = start(kind, servers, g1="maximum-requests=150")
+    s = start(kind, servers, g1=f"maximum-requests=150 {DRAIN_TEST}")
     g2 = group_pids(s, "rwsgi-t2")
 
     def scenario(load):
         # Several recycles of g1's processes: the hello answers name their pids.
         assert wait_until(lambda: len(load.pids["/g1"]) >= 8 or load.errors, 90), \
             load.summary()
+        load.mark("recycled 6 times")
 
     load = run_load(s, scenario, after=200)
     assert len(load.pids["/g1"]) >= 8, load.pids
@@ -470,7 +525,7 @@ def test_maximum_requests_recycling_loses_nothing(servers, tenants, kind):
 
 @pytest.mark.parametrize("kind", ["nginx", "apache"])
 def test_touching_the_script_loses_nothing(servers, tenants, kind):
-    s = start(kind, servers)
+    s = start(kind, servers, g1=DRAIN_TEST)
     g1, g2 = group_pids(s, "rwsgi-t1"), group_pids(s, "rwsgi-t2")
     script = s.apps_dir / SCRIPT_1
 
@@ -478,6 +533,7 @@ def test_touching_the_script_loses_nothing(servers, tenants, kind):
         seen = set(g1)
         for i in (1, 2):
             later = time.time() + 10 * i
+            load.mark(f"touch {i}")
             os.utime(script, (later, later))
             # g1 gets new processes, and they serve
             assert wait_until(lambda: (p := group_pids(s, "rwsgi-t1")) and len(p) == 2

@@ -43,9 +43,10 @@ def pattern_chunk(seed, i):
     return hashlib.sha256(b"%s:%d" % (seed.encode(), i)).digest() * 2048
 
 
-def pattern(seed, n):
+def pattern(seed, n, delay):
     for i in range(n):
         yield pattern_chunk(seed, i)
+        time.sleep(delay)
 
 
 def application(environ, start_response):
@@ -68,7 +69,7 @@ def application(environ, start_response):
         return Stream(int(qs.get("n", "100")), float(qs.get("delay", "0.05")), qs.get("marker"))
     if path == "/pattern":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return pattern(qs.get("seed", ""), int(qs.get("n", "16")))
+        return pattern(qs.get("seed", ""), int(qs.get("n", "16")), float(qs.get("delay", "0")))
     if path == "/whoami":
         return _json(start_response, {
             "pid": os.getpid(), "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
