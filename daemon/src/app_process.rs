@@ -202,6 +202,15 @@ fn accept_loop(listener: &UnixListener, lifecycle: &Lifecycle, hand_off: &HandOf
         }
     }
     lifecycle.accept_stopped();
+    // The supervisor starts this process's replacement when it sees this thread renamed
+    // (supervisor/readiness.rs); the thread stays until the process exits.
+    let name = c"rwsgi-draining";
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `name`
+    // is, and renames the calling thread only.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    loop {
+        std::thread::park();
+    }
 }
 
 /// True when a connection waits on `listener` (within `ms` milliseconds).

@@ -1,4 +1,5 @@
 """An app for daemon-mode tests, one behaviour per PATH_INFO."""
+import hashlib
 import json
 import os
 import resource
@@ -36,6 +37,18 @@ class Stream:
                 f.write(str(self.sent))
 
 
+def pattern_chunk(seed, i):
+    """Chunk `i` of /pattern's body: 64 KiB that differ per seed and position, so a lost,
+    repeated or reordered chunk shows in the client's check."""
+    return hashlib.sha256(b"%s:%d" % (seed.encode(), i)).digest() * 2048
+
+
+def pattern(seed, n, delay):
+    for i in range(n):
+        yield pattern_chunk(seed, i)
+        time.sleep(delay)
+
+
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     qs = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
@@ -54,6 +67,9 @@ def application(environ, start_response):
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Stream(int(qs.get("n", "100")), float(qs.get("delay", "0.05")), qs.get("marker"))
+    if path == "/pattern":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return pattern(qs.get("seed", ""), int(qs.get("n", "16")), float(qs.get("delay", "0")))
     if path == "/whoami":
         return _json(start_response, {
             "pid": os.getpid(), "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),

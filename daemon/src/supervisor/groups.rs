@@ -8,7 +8,10 @@
 //!   graceful-timeout + shutdown-timeout.
 //! - A removed group's socket is unlinked at once (a request for it fails fast instead of
 //!   waiting in a backlog no one accepts from) and its processes drain the same way.
-//! - Exit 0 (recycled): a new process at once. Anything else: restarted with backoff.
+//! - A process that stops accepting on its own (it recycles) retires like an old one and
+//!   its replacement starts at once (readiness.rs), so the group keeps serving while it
+//!   finishes its requests. Exit 0 (recycled): a new process at once, if none started yet.
+//!   Anything else: restarted with backoff.
 
 use super::backoff::Backoff;
 use super::log::{error, info, warning};
@@ -30,6 +33,8 @@ use std::time::{Duration, Instant};
 const READY_WAIT: Duration = Duration::from_secs(30);
 /// How often readiness is looked at while old processes wait for it.
 const READY_POLL: Duration = Duration::from_millis(50);
+/// How often serving processes are looked at for one that stopped accepting.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
 /// Who a group's processes serve: changes here are changes of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,8 @@ struct Served {
 struct Proc {
     pid: i32,
     started: Instant,
+    /// Its accepting thread, once seen (readiness.rs).
+    accept_tid: Option<i32>,
 }
 
 struct Group {
@@ -71,10 +78,13 @@ enum Retire {
     Killed,
 }
 
-/// A process of an old generation of a group (changed, removed, or everything stopping).
+/// A process of an old generation of a group (changed, removed, or everything stopping),
+/// or one that recycles.
 struct Retiring {
     pid: i32,
     group: String,
+    /// It stopped accepting on its own (and its replacement was started then).
+    recycled: bool,
     started: Instant,
     graceful: Duration,
     shutdown: Duration,
@@ -272,6 +282,7 @@ impl Groups {
             self.retiring.push(Retiring {
                 pid: proc.pid,
                 group: group.spec.name.clone(),
+                recycled: false,
                 started: proc.started,
                 graceful: Duration::from_secs(group.spec.graceful_timeout),
                 shutdown: Duration::from_secs(group.spec.shutdown_timeout),
@@ -299,6 +310,7 @@ impl Groups {
             self.retiring.push(Retiring {
                 pid: proc.pid,
                 group: name.to_string(),
+                recycled: false,
                 started: proc.started,
                 graceful: Duration::from_secs(group.spec.graceful_timeout),
                 shutdown: Duration::from_secs(group.spec.shutdown_timeout),
@@ -342,12 +354,26 @@ impl Groups {
     pub fn on_exit(&mut self, pid: i32, status: i32, now: Instant) {
         if let Some(i) = self.retiring.iter().position(|r| r.pid == pid) {
             let r = self.retiring.remove(i);
-            info!(
-                "group {}: app process {pid} (stopping) {} after {:.1} s",
-                r.group,
-                describe(status),
-                r.started.elapsed().as_secs_f64()
-            );
+            let lived = r.started.elapsed().as_secs_f64();
+            let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            if r.recycled && clean {
+                info!(
+                    "group {}: app process {pid} exited (recycled) after {lived:.1} s",
+                    r.group
+                );
+            } else if r.recycled {
+                error!(
+                    "group {}: app process {pid} (recycling) {} after {lived:.1} s",
+                    r.group,
+                    describe(status)
+                );
+            } else {
+                info!(
+                    "group {}: app process {pid} (stopping) {} after {lived:.1} s",
+                    r.group,
+                    describe(status)
+                );
+            }
             return;
         }
         for group in self.active.values_mut() {
@@ -381,6 +407,7 @@ impl Groups {
     /// Runs what is due: restarts, stopping old processes whose replacements serve,
     /// killing those past their time.
     pub fn tick(&mut self, now: Instant) {
+        self.retire_recycling(now);
         for group in self.active.values_mut() {
             let (due, later): (Vec<Instant>, Vec<Instant>) =
                 group.due.iter().partition(|t| **t <= now);
@@ -423,15 +450,69 @@ impl Groups {
         }
     }
 
+    /// Processes that stopped accepting on their own retire (they finish their requests
+    /// and exit, or are killed after graceful-timeout + shutdown-timeout), and a
+    /// replacement is due now.
+    fn retire_recycling(&mut self, now: Instant) {
+        for group in self.active.values_mut() {
+            let mut i = 0;
+            while i < group.procs.len() {
+                let proc = &mut group.procs[i];
+                let draining = match proc.accept_tid {
+                    None => match readiness::accept_thread(proc.pid) {
+                        Some((tid, name)) => {
+                            proc.accept_tid = Some(tid);
+                            name == readiness::DRAINING
+                        }
+                        None => false,
+                    },
+                    Some(tid) => {
+                        readiness::thread_name(proc.pid, tid).as_deref()
+                            == Some(readiness::DRAINING)
+                    }
+                };
+                if !draining {
+                    i += 1;
+                    continue;
+                }
+                let proc = group.procs.remove(i);
+                let spec = &group.spec;
+                info!(
+                    "group {}: app process {} stopped accepting (recycling); starting its replacement",
+                    spec.name, proc.pid
+                );
+                let graceful = Duration::from_secs(spec.graceful_timeout);
+                let shutdown = Duration::from_secs(spec.shutdown_timeout);
+                self.retiring.push(Retiring {
+                    pid: proc.pid,
+                    group: spec.name.clone(),
+                    recycled: true,
+                    started: proc.started,
+                    graceful,
+                    shutdown,
+                    state: Retire::Stopping {
+                        kill_at: now + graceful + shutdown,
+                    },
+                });
+                group.due.push(now);
+            }
+        }
+    }
+
     /// When [`Groups::tick`] has something to do next.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let watching = self
+            .active
+            .values()
+            .any(|g| !g.procs.is_empty())
+            .then_some(now + ACCEPT_POLL);
         let dues = self.active.values().flat_map(|g| g.due.iter().copied());
         let retiring = self.retiring.iter().filter_map(|r| match r.state {
             Retire::AwaitReplacement { until } => Some(until.min(now + READY_POLL)),
             Retire::Stopping { kill_at } => Some(kill_at),
             Retire::Killed => None,
         });
-        dues.chain(retiring).min()
+        dues.chain(retiring).chain(watching).min()
     }
 
     pub fn endpoints(&self) -> Vec<Endpoint> {
@@ -489,7 +570,11 @@ impl Group {
                     "group {name}: started app process {pid} as {} ({}:{})",
                     self.account.name, self.account.uid, self.account.gid
                 );
-                self.procs.push(Proc { pid, started: now });
+                self.procs.push(Proc {
+                    pid,
+                    started: now,
+                    accept_tid: None,
+                });
             }
             Err(e) => {
                 let delay = self.backoff.after_crash(Duration::ZERO);
