@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+from . import daemon_mode
 from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, REPO, Mount, Server, ServerError,
                      children_of, pid_alive, wait_port, wait_until)
 
@@ -82,6 +83,9 @@ class NginxServer(Server):
             python_home = DEFAULT_PYTHON_HOME
         if python_home is not None:
             http.append(f"wsgi_python_home {python_home};")
+        if daemons is None and daemon_mode.ENABLED:
+            daemons, lines = daemon_mode.nginx_http_lines(workers, threads, python_home)
+            http.extend(lines)
         if daemons:
             http.append(f"wsgi_socket_prefix {self.daemon_dir};")
             http.extend(f"wsgi_daemon {name} {self.expand(opts)};".rstrip()

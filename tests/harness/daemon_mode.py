@@ -1,0 +1,75 @@
+"""RWSGI_DAEMON=1: every server the suite starts runs its apps in a daemon process group.
+
+The conformance suite is written once, against embedded mode's configuration. With the
+switch on, each config the harness writes gets one process group, `suite`, that every
+app joins, and that inherits what the embedded config would have given the apps:
+
+- nginx: `wsgi_daemon suite ...;` and `wsgi_process_group suite;` at http level (so the
+  locations of `server_extra` / `http_extra` lines join too); the group's supervisor
+  keeps its sockets in the run dir (`NginxServer.daemon_dir`).
+- Apache (rendered and hand-written configs alike): `WSGIDaemonProcess suite ...` and
+  `WSGIProcessGroup suite` at the end of the config; the supervisor's directory is
+  WSGISocketPrefix's default, inside the run dir (`ApacheServer.supervisor_dir`).
+
+What carries over: the worker processes become `processes=` (so `wsgi.multiprocess`
+keeps its value), the Python threads `threads=` (Apache's ThreadsPerChild, 1 under
+prefork, so `wsgi.multithread` keeps its value too), the Python home `python-home=`, and
+Apache's WSGIPythonPath `python-path=` (nginx's wsgi_python_path is per location and
+travels with each app). A config that defines groups of its own (a test of daemon mode
+itself) is left as it is, and so is an alias an Apache config puts in `%{GLOBAL}`.
+
+Cases that test embedded mode's own machinery carry `@pytest.mark.embedded_only("why")`
+and are deselected in this mode (conftest.py).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+ENABLED = os.environ.get("RWSGI_DAEMON", "") not in ("", "0")
+
+GROUP = "suite"
+
+
+def options(processes: int, threads: int | None, python_home: str | None,
+            python_path: list[str] = ()) -> str:
+    """The group's options, mod_wsgi style, from what the embedded config says."""
+    words = [f"processes={processes}"]
+    if threads is not None:
+        words.append(f"threads={threads}")
+    if python_home:
+        words.append(f"python-home={python_home}")
+    if python_path:
+        words.append("python-path=" + ":".join(python_path))
+    return " ".join(words)
+
+
+def nginx_http_lines(workers: int, threads: int | None, python_home: str | None
+                     ) -> tuple[dict[str, str], list[str]]:
+    """(daemons, http-level lines) for an nginx config the switch converts."""
+    return ({GROUP: options(workers, threads, python_home)},
+            [f"wsgi_process_group {GROUP};"])
+
+
+def _directive(text: str, name: str) -> str | None:
+    """The argument of the last top-level `name ARG` line of an httpd config."""
+    found = re.findall(rf"^\s*{name}\s+(.+?)\s*$", text, re.M | re.I)
+    return found[-1] if found else None
+
+
+def apache_text(text: str) -> str:
+    """An httpd config with its apps moved into the `suite` group (unchanged when the
+    switch is off, when the config defines groups itself, or when it does not load
+    mod_rwsgi, e.g. mod_wsgi's side of a comparison)."""
+    if not ENABLED or re.search(r"^\s*WSGIDaemonProcess\s", text, re.M | re.I):
+        return text
+    if not re.search(r"^\s*LoadModule\s+rwsgi_module\s", text, re.M):
+        return text
+    threads = _directive(text, "ThreadsPerChild")
+    processes = int(_directive(text, "StartServers") or 1)
+    home = _directive(text, "WSGIPythonHome")
+    path = _directive(text, "WSGIPythonPath")
+    opts = options(processes, int(threads) if threads else 1, home,
+                   path.split(":") if path else [])
+    return (text.rstrip("\n")
+            + f"\nWSGIDaemonProcess {GROUP} {opts}\nWSGIProcessGroup {GROUP}\n")
