@@ -94,6 +94,8 @@ pub struct AppConn {
     head_seen: bool,
     declared: Option<u64>,
     body_bytes: u64,
+    /// A HEAD request: its response has no body, whatever its Content-Length says.
+    head_request: bool,
 }
 
 /// What one turn of reading the app's socket produced.
@@ -162,6 +164,7 @@ pub unsafe fn start(
         );
         return Err(error);
     }
+    let head_request = request.method == "HEAD";
     let frame = ToApp::Request(Box::new(RequestFrame {
         secret: target.secret,
         accepts_files: true,
@@ -194,6 +197,7 @@ pub unsafe fn start(
         head_seen: false,
         declared: None,
         body_bytes: 0,
+        head_request,
     };
     // SAFETY: r is live, on the event loop (caller); install binds the AppConn to ctx.
     let ctx = unsafe { RequestCtx::install(r, Producer::Daemon(Box::new(conn))) }.ok_or(error)?;
@@ -655,7 +659,13 @@ impl AppConn {
                     return Err("the app process sent a second response head".into());
                 }
                 self.head_seen = true;
-                self.declared = head.content_length;
+                // The engine sends no body after the head of a HEAD request or of a
+                // 204 / 304, as in embedded mode; none may come.
+                self.declared = if self.head_request || head.forbids_body() {
+                    Some(0)
+                } else {
+                    head.content_length
+                };
                 return Ok(());
             }
             OutputEvent::Data(data) => data.len() as u64,
