@@ -189,7 +189,7 @@ impl Relay<'_> {
                     Ok(None) => {
                         batch_bytes = 0;
                         if self.deliver(&mut batch).is_err() {
-                            return None;
+                            return self.client_gone();
                         }
                         continue;
                     }
@@ -212,7 +212,7 @@ impl Relay<'_> {
                     if !batch.is_empty() {
                         batch_bytes = 0;
                         if self.deliver(&mut batch).is_err() {
-                            return None;
+                            return self.client_gone();
                         }
                     }
                     self.answer_read(n);
@@ -231,13 +231,16 @@ impl Relay<'_> {
                         // one pass with EOS, httpd would count it and send a
                         // Content-Length instead of chunks, depending on timing).
                         if self.deliver(&mut batch).is_err() {
-                            return None;
+                            return self.client_gone();
                         }
                     }
                     batch.push(event);
                     if last || batch_bytes >= BATCH_BYTES {
                         batch_bytes = 0;
-                        if self.deliver(&mut batch).is_err() || last {
+                        if self.deliver(&mut batch).is_err() {
+                            return self.client_gone();
+                        }
+                        if last {
                             return None;
                         }
                     }
@@ -245,6 +248,15 @@ impl Relay<'_> {
                 Err(e) => return self.broken(&mut batch, e.into()),
             }
         }
+    }
+
+    /// The client is gone: the exchange ends (the app's next write fails, and the
+    /// engine closes its iterable), keeping the log lines it had sent.
+    fn client_gone(&mut self) -> Option<c_int> {
+        for (level, message) in self.stream.leftover_logs() {
+            self.live.log(level, &message);
+        }
+        None
     }
 
     /// Hands events to the sink; Err when the client is gone (the connection to the

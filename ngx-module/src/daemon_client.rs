@@ -31,6 +31,7 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use rwsgi::daemon::fd_passing::recv_with_files;
+use rwsgi::daemon::leftover_logs::leftover_logs;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
 use rwsgi::{AppSpec, BodyReader, LogLevel, OutputEvent, Request};
 use std::cell::RefCell;
@@ -472,6 +473,20 @@ impl AppConn {
     /// Closes the app's connection (its next write fails; the engine closes the app's
     /// iterable) and stops the retry timer. Idempotent.
     pub fn close(&mut self) {
+        if !self.c.is_null() && self.gone {
+            // The client left mid-response: the app's log lines still in the socket
+            // are logged, not dropped with it.
+            // SAFETY: c is the live app connection.
+            let fd = unsafe { (*self.c).fd };
+            for (level, message) in leftover_logs(fd, &mut self.frames) {
+                let level = match level {
+                    LogLevel::Error => NGX_LOG_ERR,
+                    LogLevel::Warn => NGX_LOG_WARN,
+                    LogLevel::Info => NGX_LOG_INFO,
+                };
+                ngx_log_error!(level, self.log, "wsgi: group {}: {}", self.target.name, message);
+            }
+        }
         if !self.c.is_null() {
             // SAFETY: c is the live connection try_connect opened; closing it removes its
             // events from the loop, its timers and postings.

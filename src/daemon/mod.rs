@@ -9,6 +9,7 @@ pub mod fd_passing;
 pub mod frame;
 pub mod group;
 pub mod launch;
+pub mod leftover_logs;
 pub mod messages;
 
 #[cfg(test)]
