@@ -53,7 +53,7 @@ fn run() -> Result<(), String> {
 
     let traits = ServerTraits {
         multithread: group.threads > 1,
-        multiprocess: group.processes > 1,
+        multiprocess: group.processes_given || group.processes > 1,
     };
     // Python that cannot start (a python-home of another version, say) is reported, and
     // the process stays up answering 500, as embedded mode does: exiting would leave the
