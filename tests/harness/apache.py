@@ -124,7 +124,9 @@ class ApacheServer(Server):
         text = opts.pop("conf_text", None)
         if text is None:
             text = self.render(mounts, **opts)
-        self.conf_path.write_text(daemon_mode.apache_text(text))
+        served = daemon_mode.apache_text(text)
+        self.in_suite_group = served != text
+        self.conf_path.write_text(served)
         self.conf_path.chmod(0o644)
 
     # -- daemon mode ------------------------------------------------------------------
@@ -161,6 +163,8 @@ class ApacheServer(Server):
         """The app processes of every group (the supervisor's children)."""
         sup = self.supervisor_pid()
         return children_of(sup) if sup else []
+
+    group_pids = daemon_pids
 
     def _stop_supervisor(self, sup: int | None, timeout: float = 30):
         """After apache2 exited its lifeline is closed: the supervisor stops its groups

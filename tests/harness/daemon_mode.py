@@ -7,12 +7,14 @@ app joins, and that inherits what the embedded config would have given the apps:
 - nginx: `wsgi_daemon suite ...;` and `wsgi_process_group suite;` at http level (so the
   locations of `server_extra` / `http_extra` lines join too); the group's supervisor
   keeps its sockets in the run dir (`NginxServer.daemon_dir`).
-- Apache (rendered and hand-written configs alike): `WSGIDaemonProcess suite ...` and
-  `WSGIProcessGroup suite` at the end of the config; the supervisor's directory is
-  WSGISocketPrefix's default, inside the run dir (`ApacheServer.supervisor_dir`).
+- Apache (rendered and hand-written configs alike, mod_wsgi's side of a comparison
+  too): `WSGIDaemonProcess suite ...` and `WSGIProcessGroup suite` at the end of the
+  config; the supervisor's directory is WSGISocketPrefix's default, inside the run dir
+  (`ApacheServer.supervisor_dir`).
 
-What carries over: the worker processes become `processes=` (so `wsgi.multiprocess`
-keeps its value), the Python threads `threads=` (Apache's ThreadsPerChild, 1 under
+What carries over: the worker processes become `processes=` (left out for one nginx
+worker, so `wsgi.multiprocess` keeps its value: Apache's MPM always says True), the
+Python threads `threads=` (Apache's ThreadsPerChild, 1 under
 prefork, so `wsgi.multithread` keeps its value too), the Python home `python-home=`, and
 Apache's WSGIPythonPath `python-path=` (nginx's wsgi_python_path is per location and
 travels with each app). A config that defines groups of its own (a test of daemon mode
@@ -31,10 +33,12 @@ ENABLED = os.environ.get("RWSGI_DAEMON", "") not in ("", "0")
 GROUP = "suite"
 
 
-def options(processes: int, threads: int | None, python_home: str | None,
+def options(processes: int | None, threads: int | None, python_home: str | None,
             python_path: list[str] = ()) -> str:
-    """The group's options, mod_wsgi style, from what the embedded config says."""
-    words = [f"processes={processes}"]
+    """The group's options, mod_wsgi style, from what the embedded config says.
+    `processes`: None leaves the option out (so wsgi.multiprocess is False, as mod_wsgi
+    does; given at all, even as 1, it is True)."""
+    words = [] if processes is None else [f"processes={processes}"]
     if threads is not None:
         words.append(f"threads={threads}")
     if python_home:
@@ -46,8 +50,9 @@ def options(processes: int, threads: int | None, python_home: str | None,
 
 def nginx_http_lines(workers: int, threads: int | None, python_home: str | None
                      ) -> tuple[dict[str, str], list[str]]:
-    """(daemons, http-level lines) for an nginx config the switch converts."""
-    return ({GROUP: options(workers, threads, python_home)},
+    """(daemons, http-level lines) for an nginx config the switch converts. One
+    embedded worker gives wsgi.multiprocess False: processes= is then left out."""
+    return ({GROUP: options(workers if workers > 1 else None, threads, python_home)},
             [f"wsgi_process_group {GROUP};"])
 
 
@@ -59,11 +64,12 @@ def _directive(text: str, name: str) -> str | None:
 
 def apache_text(text: str) -> str:
     """An httpd config with its apps moved into the `suite` group (unchanged when the
-    switch is off, when the config defines groups itself, or when it does not load
-    mod_rwsgi, e.g. mod_wsgi's side of a comparison)."""
+    switch is off, when the config defines groups itself, or loads no WSGI module). A
+    config for mod_wsgi (the other side of a comparison) gets the same group, so both
+    sides run in daemon mode."""
     if not ENABLED or re.search(r"^\s*WSGIDaemonProcess\s", text, re.M | re.I):
         return text
-    if not re.search(r"^\s*LoadModule\s+rwsgi_module\s", text, re.M):
+    if not re.search(r"^\s*LoadModule\s+(rwsgi|wsgi)_module\s", text, re.M):
         return text
     threads = _directive(text, "ThreadsPerChild")
     processes = int(_directive(text, "StartServers") or 1)

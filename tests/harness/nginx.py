@@ -83,7 +83,8 @@ class NginxServer(Server):
             python_home = DEFAULT_PYTHON_HOME
         if python_home is not None:
             http.append(f"wsgi_python_home {python_home};")
-        if daemons is None and daemon_mode.ENABLED:
+        self.in_suite_group = daemons is None and daemon_mode.ENABLED
+        if self.in_suite_group:
             daemons, lines = daemon_mode.nginx_http_lines(workers, threads, python_home)
             http.extend(lines)
             if not (self.module_path.parent / "rwsgi-daemon").exists():
@@ -166,6 +167,9 @@ class NginxServer(Server):
         import pwd
         uid = pwd.getpwnam(user).pw_uid
         return [p for p in pids if _uid_of(p) == uid]
+
+    def group_pids(self) -> list[int]:
+        return self.app_pids()
 
     def write_conf(self, mounts, **opts):
         self.conf_path.write_text(self.render(mounts, **opts))
