@@ -77,8 +77,8 @@ def test_wsgi_app_outside_location_rejected(new_server):
 
 # Every refusal starts with the directive's name: each pattern matches mod_rwsgi's reason.
 APACHE_BAD = [
-    (["WSGIDaemonProcess site processes=2 threads=4"], "WSGIDaemonProcess",
-     r"WSGIDaemonProcess: daemon mode is not supported by mod_rwsgi yet"),
+    (["WSGIDaemonProcess site processes=2 stack-size=524288"], "WSGIDaemonProcess",
+     r"WSGIDaemonProcess site: option \"stack-size\" is not supported by rwsgi"),
     (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
      r"WSGIScriptAlias: expected a URL path and a script file"),
     (["WSGIScriptAlias /y {apps}/hello.py bogus-option=1"], "bogus-option",
