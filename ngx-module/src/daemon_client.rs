@@ -484,7 +484,13 @@ impl AppConn {
                     LogLevel::Warn => NGX_LOG_WARN,
                     LogLevel::Info => NGX_LOG_INFO,
                 };
-                ngx_log_error!(level, self.log, "wsgi: group {}: {}", self.target.name, message);
+                ngx_log_error!(
+                    level,
+                    self.log,
+                    "wsgi: group {}: {}",
+                    self.target.name,
+                    message
+                );
             }
         }
         if !self.c.is_null() {
