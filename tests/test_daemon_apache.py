@@ -201,7 +201,7 @@ EXPECTED_DIFFERENCES = {
 
 def test_environ_matches_embedded_mode(apache):
     emb, dmn = apache(), apache()
-    start(emb, ["WSGIScriptAlias /env {apps}/environ_app.py"])
+    start(emb, ["WSGIScriptAlias /env {apps}/environ_app.py process-group=%{GLOBAL}"])
     start(dmn, ["WSGIDaemonProcess g threads=2",
                 "WSGIScriptAlias /env {apps}/environ_app.py process-group=g"])
     path = "/env/sub/path?a=1&b=%20x"

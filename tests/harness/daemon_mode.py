@@ -18,7 +18,8 @@ Python threads `threads=` (Apache's ThreadsPerChild, 1 under
 prefork, so `wsgi.multithread` keeps its value too), the Python home `python-home=`, and
 Apache's WSGIPythonPath `python-path=` (nginx's wsgi_python_path is per location and
 travels with each app). A config that defines groups of its own (a test of daemon mode
-itself) is left as it is, and so is an alias an Apache config puts in `%{GLOBAL}`.
+itself) is left as it is, and so is an alias an Apache config puts in `%{GLOBAL}` (a
+config whose every alias does so is not changed at all).
 
 Cases that test embedded mode's own machinery carry `@pytest.mark.embedded_only("why")`
 and are deselected in this mode (conftest.py).
@@ -64,13 +65,17 @@ def _directive(text: str, name: str) -> str | None:
 
 def apache_text(text: str) -> str:
     """An httpd config with its apps moved into the `suite` group (unchanged when the
-    switch is off, when the config defines groups itself, or loads no WSGI module). A
+    switch is off, when the config defines groups itself or gives every alias its group,
+    or loads no WSGI module). A
     config for mod_wsgi (the other side of a comparison) gets the same group, so both
     sides run in daemon mode."""
     if not ENABLED or re.search(r"^\s*WSGIDaemonProcess\s", text, re.M | re.I):
         return text
     if not re.search(r"^\s*LoadModule\s+(rwsgi|wsgi)_module\s", text, re.M):
         return text
+    aliases = re.findall(r"^\s*WSGIScriptAlias(?:Match)?\s.*$", text, re.M | re.I)
+    if aliases and all("process-group=" in a for a in aliases):
+        return text  # every alias chose its group (%{GLOBAL}: embedded on purpose)
     threads = _directive(text, "ThreadsPerChild")
     processes = int(_directive(text, "StartServers") or 1)
     home = _directive(text, "WSGIPythonHome")
