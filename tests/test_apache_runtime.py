@@ -117,6 +117,8 @@ def bump(script: Path, old: bytes, new: bytes):
     os.utime(script, (st.st_atime, st.st_mtime + 5))
 
 
+@pytest.mark.embedded_only("WSGIScriptReloading in a <Directory> section is read per request; a "
+                           "daemon group takes it from the server level only (not yet)")
 def test_script_reloading_on_and_off(apache):
     s = apache()
     on = write(s.run / "on" / "app.py", RELOAD_APP)

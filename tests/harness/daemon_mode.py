@@ -28,10 +28,16 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
+
+from .common import MODULES
 
 ENABLED = os.environ.get("RWSGI_DAEMON", "") not in ("", "0")
 
 GROUP = "suite"
+# The supervisor for modules that have none beside them (the fault-injection build, the
+# Python package's).
+PROGRAM = MODULES / "rwsgi-daemon"
 
 
 def options(processes: int | None, threads: int | None, python_home: str | None,
@@ -82,5 +88,9 @@ def apache_text(text: str) -> str:
     path = _directive(text, "WSGIPythonPath")
     opts = options(processes, int(threads) if threads else 1, home,
                    path.split(":") if path else [])
-    return (text.rstrip("\n")
-            + f"\nWSGIDaemonProcess {GROUP} {opts}\nWSGIProcessGroup {GROUP}\n")
+    lines = [f"WSGIDaemonProcess {GROUP} {opts}", f"WSGIProcessGroup {GROUP}"]
+    module = re.search(r"^\s*LoadModule\s+rwsgi_module\s+(\S+)", text, re.M)
+    if module and not (Path(module.group(1)).parent / "rwsgi-daemon").exists():
+        # A module from elsewhere (the Python package's) has no rwsgi-daemon beside it.
+        lines.append(f"WSGIDaemonProgram {PROGRAM}")
+    return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"

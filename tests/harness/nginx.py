@@ -88,8 +88,8 @@ class NginxServer(Server):
             daemons, lines = daemon_mode.nginx_http_lines(workers, threads, python_home)
             http.extend(lines)
             if not (self.module_path.parent / "rwsgi-daemon").exists():
-                # The fault-injection build has no rwsgi-daemon beside it.
-                http.append(f"wsgi_daemon_program {MODULES / 'rwsgi-daemon'};")
+                # The fault-injection build and the Python package have none beside them.
+                http.append(f"wsgi_daemon_program {daemon_mode.PROGRAM};")
         if daemons:
             http.append(f"wsgi_socket_prefix {self.daemon_dir};")
             http.extend(f"wsgi_daemon {name} {self.expand(opts)};".rstrip()
