@@ -118,10 +118,13 @@ test-rust: deps $(NGINX_CONFIGURED)
 # The framework tests (tests/test_frameworks.py) pip-install examples/requirements-frameworks.txt
 # into a venv cached under target/framework-venvs/ (PyPI on the first run, seconds after).
 # The validated pass leaves them out: they mount their projects by absolute path, which it
-# never wraps.
+# never wraps. The last two passes run the same suite with every app in a daemon process
+# group (RWSGI_DAEMON=1, tests/harness/daemon_mode.py; embedded_only cases deselected).
 test-servers: build fault-module serve-venv
 	$(VENV)/bin/pytest -q tests
 	RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side and not frameworks'
+	RWSGI_DAEMON=1 $(VENV)/bin/pytest -q tests
+	RWSGI_DAEMON=1 RWSGI_VALIDATE=1 $(VENV)/bin/pytest -q tests -m 'not server_side and not frameworks'
 
 test-frameworks: build
 	$(VENV)/bin/pytest -q tests/test_frameworks.py

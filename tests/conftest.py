@@ -8,6 +8,9 @@ loading its rwsgi module, started on 127.0.0.1 with generated configs.
   config or that stop / reload it; stopped after the test.
 - `new_server()`: an unstarted server object (for config checks).
 
+RWSGI_DAEMON=1 runs every app in a daemon process group (harness/daemon_mode.py); cases
+marked `embedded_only("why")` are deselected then.
+
 RWSGI_VALIDATE=1 runs every mounted app behind wsgiref.validate.validator (see
 harness/validate.py for what stays unwrapped and why); a test during which the validator
 complained on any server fails, unless it is marked `validator_complaints`.
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.apache import ApacheServer  # noqa: E402
 from harness.common import Mount, ServerError  # noqa: E402
 from harness.nginx import NginxServer  # noqa: E402
-from harness import validate  # noqa: E402
+from harness import daemon_mode, validate  # noqa: E402
 
 SERVERS = {"nginx": NginxServer, "apache": ApacheServer}
 KINDS = list(SERVERS)
@@ -224,16 +227,26 @@ def pytest_configure(config):
                                        "the validated pass")
     config.addinivalue_line("markers", "only(kind): the case exists for one server only "
                                        "(a directive or behaviour the other does not have)")
+    config.addinivalue_line("markers", "embedded_only(why): the case tests embedded mode's own "
+                                       "machinery; deselected when RWSGI_DAEMON=1")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Drops the parameterizations of `only(kind)` tests for the other server: they do
-    not apply there (reported as deselected, never as passed)."""
+    """Drops the parameterizations of `only(kind)` tests for the other server, and with
+    RWSGI_DAEMON=1 the `embedded_only` cases: they do not apply there (reported as
+    deselected, never as passed)."""
     keep, drop = [], []
     for item in items:
         m = item.get_closest_marker("only")
         kind = getattr(item, "callspec", None) and item.callspec.params.get("kind")
+        embedded = item.get_closest_marker("embedded_only")
+        if embedded and not (embedded.args and isinstance(embedded.args[0], str)
+                             and embedded.args[0].strip()):
+            raise pytest.UsageError(f"{item.nodeid}: embedded_only needs its reason, "
+                                    "embedded_only(\"why\")")
         if m and kind and kind not in m.args:
+            drop.append(item)
+        elif embedded and daemon_mode.ENABLED:
             drop.append(item)
         else:
             keep.append(item)

@@ -117,6 +117,8 @@ def bump(script: Path, old: bytes, new: bytes):
     os.utime(script, (st.st_atime, st.st_mtime + 5))
 
 
+@pytest.mark.embedded_only("WSGIScriptReloading in a <Directory> section is read per request; a "
+                           "daemon group takes it from the server level only (not yet)")
 def test_script_reloading_on_and_off(apache):
     s = apache()
     on = write(s.run / "on" / "app.py", RELOAD_APP)
@@ -145,6 +147,8 @@ PRELOADED = """\
     """
 
 
+@pytest.mark.embedded_only("which Apache child imports a script, and when (preloaded or on its "
+                           "first request); a daemon group's processes import all its apps at start")
 def test_import_script_and_grouped_alias_are_preloaded(apache):
     s = apache()
     imported = write(s.apps_dir / "imported.py", 'NAME = "imp"\n' + textwrap.dedent(PRELOADED))
@@ -174,6 +178,7 @@ def test_import_script_and_grouped_alias_are_preloaded(apache):
 
 # ---------------------------------------------------------------- URL mapping
 
+@pytest.mark.embedded_only("a daemon group runs only the scripts configured for it when Apache started (docs/directives.md, WSGIDaemonProcess); this one is chosen per request")
 def test_script_alias_match_substitutes_groups(apache):
     s = apache()
     start(s, [f"WSGIScriptAliasMatch ^/apps/([a-z_]+) {s.apps_dir}/$1.py"])
@@ -192,6 +197,7 @@ def test_script_alias_match_substitutes_groups(apache):
     assert "mod_rwsgi" not in s.error_log(mark), "an unmatched URL reached mod_rwsgi"
 
 
+@pytest.mark.embedded_only("a daemon group runs only the scripts configured for it when Apache started (docs/directives.md, WSGIDaemonProcess); this one is chosen per request")
 def test_addhandler_wsgi_script_needs_execcgi(apache):
     s = apache()
     for d in ("handlers", "noexec"):

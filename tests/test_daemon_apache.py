@@ -15,6 +15,7 @@ socket-timeout give 504 with the reason (and the stack) in the error log.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import struct
@@ -194,7 +195,7 @@ EXPECTED_DIFFERENCES = {
 
 def test_environ_matches_embedded_mode(apache):
     emb, dmn = apache(), apache()
-    start(emb, ["WSGIScriptAlias /env {apps}/environ_app.py"])
+    start(emb, ["WSGIScriptAlias /env {apps}/environ_app.py process-group=%{GLOBAL}"])
     start(dmn, ["WSGIDaemonProcess g threads=2",
                 "WSGIScriptAlias /env {apps}/environ_app.py process-group=g"])
     path = "/env/sub/path?a=1&b=%20x"
@@ -435,3 +436,30 @@ def test_request_timeout_gives_504_and_the_stack(apache):
     assert r.status == 504 and time.monotonic() - t0 < 4, r
     assert s.wait_error_log(r"daemon process group silent sent nothing for socket-timeout=1 s",
                             mark), s.error_log(mark)
+
+
+
+def test_script_reloading_off_keeps_the_process(apache):
+    """A touched script recycles its group's process (test_daemon_supervisor), unless
+    WSGIScriptReloading is Off: as with mod_wsgi, the script is then never reloaded."""
+    s = apache()
+    script = s.apps_dir / "off.py"
+    app = ("import os\n"
+           "def application(environ, start_response):\n"
+           "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+           "    return [b'version 1 %d' % os.getpid()]\n")
+    script.write_text(app)
+    script.chmod(0o644)
+    start(s, ["WSGIDaemonProcess off threads=2", "WSGIScriptReloading Off",
+              "WSGIScriptAlias /off {apps}/off.py process-group=off"])
+    first = get(s.port, "/off").body
+    assert first.startswith(b"version 1 "), first
+    script.write_text(app.replace("version 1", "version 2"))
+    st = script.stat()
+    os.utime(script, (st.st_atime, st.st_mtime + 5))
+    # A process watches its scripts every 250 ms: 2 s is 8 chances to (wrongly) recycle.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert get(s.port, "/off").body == first, \
+            "WSGIScriptReloading Off: the script was reloaded or its process recycled"
+        time.sleep(0.1)

@@ -267,8 +267,9 @@ def test_a_process_that_cannot_start_backs_off(run, sup, tenants):
     t1, _ = tenants
     sup.start()
     c = sup.control()
+    # home= missing: the process fails before its program starts.
     apply(c, [dw.group("nostart", [app(run, "hello.py")], user="rwsgi-t1",
-                       home=home_for(run, t1), python_home="/nonexistent/python")])
+                       home="/nonexistent/home")])
     sup.wait_log(r"group nostart: app process \d+ exited with status 3 \(it could not start")
     started = time.monotonic()
     time.sleep(5)  # the window in which the spawns are counted, not a timing assertion
@@ -276,6 +277,27 @@ def test_a_process_that_cannot_start_backs_off(run, sup, tenants):
     # 1 s, 2 s, 4 s ... between attempts: a handful in 5 s, never a fork loop.
     assert 2 <= spawns <= 5, (spawns, time.monotonic() - started, sup.log())
     assert "restarting in 2 s" in sup.log()
+    c.close()
+
+
+def test_python_that_cannot_start_answers_500_without_restarts(run, sup, tenants):
+    """A python-home Python cannot start from: the process stays up and answers each
+    request 500 with the reason logged, as embedded mode does (had it exited, requests
+    would wait in the group's backlog until socket-timeout)."""
+    t1, _ = tenants
+    sup.start()
+    c = sup.control()
+    script = app(run, "hello.py")
+    ep = apply(c, [dw.group("nopython", [script], user="rwsgi-t1", home=home_for(run, t1),
+                            python_home="/nonexistent/python")])["nopython"]
+    answer = dw.request(ep["socket"], secret_of(ep), script)
+    assert answer.status == 500 or answer.final == ("fail", 500), vars(answer)
+    sup.wait_log(r"group nopython: Python cannot start: .*/nonexistent/python")
+    pids = sup.status()["nopython"]
+    answer = dw.request(ep["socket"], secret_of(ep), script)
+    assert answer.final == ("fail", 500), vars(answer)
+    assert sup.status()["nopython"] == pids
+    assert sup.log().count("group nopython: started app process") == 1
     c.close()
 
 

@@ -128,18 +128,20 @@ def _crash_request(port, path):
 @pytest.mark.parametrize("how", ["exit", "segv"])
 def test_worker_death_spares_other_requests(make_server, how):
     s = make_server(MOUNTS, workers=2, threads=4)
-    before = set(s.worker_pids())
+    # The processes running Python: nginx's / Apache's workers, or the daemon group's.
+    before = set(s.python_pids())
     r = _crash_request(s.port, f"/crash/{how}")
     assert isinstance(r, Exception) or r.status >= 500 or not r.complete, \
         f"a request whose worker died looked successful: {r}"
-    assert wait_until(lambda: len(set(s.worker_pids()) - before) >= 1
-                      and len(s.worker_pids()) >= 2, 10), "the dead worker was not replaced"
+    assert wait_until(lambda: len(set(s.python_pids()) - before) >= 1
+                      and len(s.python_pids()) >= 2, 10), "the dead worker was not replaced"
     ok = [get(s.port, "/hello").status for _ in range(20)]
     assert ok == [200] * 20
     assert pid_alive(s.master_pid)
 
 
 @pytest.mark.only("nginx")  # wsgi_max_queue; Apache queues connections in its listener
+@pytest.mark.embedded_only("wsgi_max_queue bounds the queue of the nginx worker's own Python thread pool")
 def test_queue_full_gives_503(make_server):
     s = make_server(MOUNTS, workers=1, threads=1, max_queue=1)
     mark, _ = s.log_mark()
@@ -209,6 +211,8 @@ def test_idle_worker_gives_memory_back(make_server):
 
 
 @pytest.mark.only("nginx")  # worker_shutdown_timeout is nginx's
+@pytest.mark.embedded_only("logs the Python stack of the request stuck in the exiting worker's "
+                           "own thread; a daemon group's request is not in the worker")
 def test_shutdown_timeout_releases_request_stuck_in_python(make_server):
     """After a reload, an old worker whose request is still in the app exits once
     worker_shutdown_timeout has passed (it does not wait for the app), and the error log
@@ -237,6 +241,8 @@ def test_shutdown_timeout_releases_request_stuck_in_python(make_server):
 
 
 @pytest.mark.only("nginx")  # Apache's MPM owns its threads
+@pytest.mark.embedded_only("the growth of the nginx worker's own Python thread pool "
+                           "(no wsgi_threads); a daemon group has threads= threads")
 def test_default_pool_grows_for_requests_that_wait(make_server):
     """Without wsgi_threads, a worker's pool grows while requests wait on I/O: 64 requests
     that each sleep 0.5 s finish together, where 16 fixed threads would need four rounds

@@ -106,7 +106,7 @@ def test_counts_aggregate_over_two_workers(status_server):
     assert before["apps"] == [] or all(sum(a["requests"].values()) == 0 for a in before["apps"])
     hellos, sleeps, pids = spread_requests(srv)
     assert len(pids) == 2, f"every request went to one worker: {pids}"
-    assert pids == set(srv.worker_pids())
+    assert pids == set(srv.python_pids())
     doc = status_json(srv)
     hello, sleep = app_of(doc, "/hello"), app_of(doc, "/sleep")
     assert hello["requests"] == {"1xx": 0, "2xx": hellos, "3xx": 0, "4xx": 0, "5xx": 0}
@@ -181,6 +181,8 @@ def test_no_status_unless_configured(make_server):
         assert b"rwsgi_" not in r.body
 
 
+@pytest.mark.embedded_only("wsgi_stuck_after / WSGIStuckAfter read the stack of the worker's own "
+                           "Python thread; a daemon group logs its stack at request-timeout")
 def test_stuck_request_logged_with_its_stack(kind, make_server):
     srv = make_server(MOUNTS, workers=2, threads=4, **status_config(kind, stuck_after=1))
     mark, _ = srv.log_mark()
@@ -232,6 +234,7 @@ def test_in_flight_while_the_app_runs(status_server):
 
 
 @pytest.mark.only("nginx")  # wsgi_max_queue; Apache queues connections in its listener
+@pytest.mark.embedded_only("wsgi_max_queue bounds the queue of the nginx worker's own Python thread pool")
 def test_queue_full_counted(make_server):
     srv = make_server(MOUNTS, workers=1, threads=1, max_queue=1, **status_config("nginx"))
     results = []
@@ -250,6 +253,8 @@ def test_queue_full_counted(make_server):
     assert sleep["in_flight"] == 0
 
 
+@pytest.mark.embedded_only("counts the imports a server worker does when it starts; a daemon "
+                           "group imports in its own processes")
 def test_import_failures_counted(kind, make_server):
     """nginx imports every app when a worker starts; Apache the scripts it preloads (an
     alias naming both groups, as mod_wsgi does)."""

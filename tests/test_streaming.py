@@ -195,6 +195,7 @@ def test_head_of_large_streamed_response(server, path):
 
 
 @pytest.mark.only("nginx")
+@pytest.mark.embedded_only("the worker parks a stream whose client is behind to free its own Python thread (wsgi_threads 1); a daemon group's thread waits on its socket, as in mod_wsgi")
 def test_slow_clients_do_not_hold_python_threads(make_server):
     """nginx parks a stream whose client is behind instead of keeping its Python thread:
     with ONE thread, three clients that stop reading big streams leave it free for
@@ -235,6 +236,7 @@ def test_slow_clients_do_not_hold_python_threads(make_server):
 
 
 @pytest.mark.only("nginx")
+@pytest.mark.embedded_only("the worker parks a stream whose client is behind to free its own Python thread (wsgi_threads 1); a daemon group's thread waits on its socket, as in mod_wsgi")
 def test_unread_list_body_does_not_hold_python_thread(make_server):
     """A list body is in memory already: nginx keeps it for a client that does not read,
     and the only Python thread goes on serving others."""

@@ -126,6 +126,12 @@ impl AppStream {
         &mut self.files
     }
 
+    /// Once the client is gone: the app's log lines still unread (its later writes
+    /// fail; see rwsgi::daemon::leftover_logs).
+    pub fn leftover_logs(&mut self) -> Vec<(rwsgi::LogLevel, String)> {
+        rwsgi::daemon::leftover_logs::leftover_logs(self.sock.as_raw_fd(), &mut self.frames)
+    }
+
     /// No more from this side: the app's next read of the request body ends in an error.
     pub fn shutdown_write(&self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Write);

@@ -105,6 +105,7 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
         what,
         body_open: true,
         read_buf: Vec::new(),
+        streamed: false,
     };
     let failed = relay.run();
     drop(relay);
@@ -158,6 +159,15 @@ struct Relay<'g> {
     /// The body may still be asked for (false once reading it failed).
     body_open: bool,
     read_buf: Vec<u8>,
+    /// The response's head had no Content-Length (a streamed body).
+    streamed: bool,
+}
+
+/// Whether `batch` holds body bytes.
+fn has_body(batch: &[OutputEvent]) -> bool {
+    batch
+        .iter()
+        .any(|e| matches!(e, OutputEvent::Data(_) | OutputEvent::File { .. }))
 }
 
 impl Relay<'_> {
@@ -175,7 +185,7 @@ impl Relay<'_> {
                     Ok(None) => {
                         batch_bytes = 0;
                         if self.deliver(&mut batch).is_err() {
-                            return None;
+                            return self.client_gone();
                         }
                         continue;
                     }
@@ -198,7 +208,7 @@ impl Relay<'_> {
                     if !batch.is_empty() {
                         batch_bytes = 0;
                         if self.deliver(&mut batch).is_err() {
-                            return None;
+                            return self.client_gone();
                         }
                     }
                     self.answer_read(n);
@@ -206,13 +216,27 @@ impl Relay<'_> {
                 Ok(FromApp::Log(level, message)) => self.live.log(level, &message),
                 Ok(FromApp::Event(event)) => {
                     let last = event.is_final();
-                    if let OutputEvent::Data(d) = &event {
-                        batch_bytes += d.len();
+                    match &event {
+                        OutputEvent::Head(head) => self.streamed = head.content_length.is_none(),
+                        OutputEvent::Data(d) => batch_bytes += d.len(),
+                        _ => {}
+                    }
+                    if last && self.streamed && has_body(&batch) {
+                        // The engine gave no Content-Length: the body is streamed and
+                        // goes down the filters before its end, as in embedded mode (in
+                        // one pass with EOS, httpd would count it and send a
+                        // Content-Length instead of chunks, depending on timing).
+                        if self.deliver(&mut batch).is_err() {
+                            return self.client_gone();
+                        }
                     }
                     batch.push(event);
                     if last || batch_bytes >= BATCH_BYTES {
                         batch_bytes = 0;
-                        if self.deliver(&mut batch).is_err() || last {
+                        if self.deliver(&mut batch).is_err() {
+                            return self.client_gone();
+                        }
+                        if last {
                             return None;
                         }
                     }
@@ -220,6 +244,15 @@ impl Relay<'_> {
                 Err(e) => return self.broken(&mut batch, e.into()),
             }
         }
+    }
+
+    /// The client is gone: the exchange ends (the app's next write fails, and the
+    /// engine closes its iterable), keeping the log lines it had sent.
+    fn client_gone(&mut self) -> Option<c_int> {
+        for (level, message) in self.stream.leftover_logs() {
+            self.live.log(level, &message);
+        }
+        None
     }
 
     /// Hands events to the sink; Err when the client is gone (the connection to the

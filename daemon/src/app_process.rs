@@ -53,15 +53,26 @@ fn run() -> Result<(), String> {
 
     let traits = ServerTraits {
         multithread: group.threads > 1,
-        multiprocess: group.processes > 1,
+        multiprocess: group.processes_given || group.processes > 1,
     };
-    let runtime = Runtime::start(group.python_home.as_deref(), traits)?;
+    // Python that cannot start (a python-home of another version, say) is reported, and
+    // the process stays up answering 500, as embedded mode does: exiting would leave the
+    // group's requests waiting in its socket's backlog for socket-timeout.
+    let runtime = Runtime::start(group.python_home.as_deref(), traits).inspect_err(|e| {
+        eprintln!(
+            "rwsgi-app[{}] error: group {}: Python cannot start: {e}; every request is \
+             answered 500",
+            std::process::id(),
+            group.name
+        )
+    });
     install_signal_handlers();
     let mut group = group.clone();
     for app in &mut group.apps {
         let mut path = group.python_path.clone();
         path.append(&mut app.python_path);
         app.python_path = path;
+        let Ok(runtime) = &runtime else { continue };
         match runtime.preload(app) {
             Ok(()) => {}
             // An import script (WSGIImportScript) need not define a callable.
@@ -112,7 +123,7 @@ fn run() -> Result<(), String> {
             .spawn(move || accept_loop(&listener, &lifecycle, &hand_off))
             .map_err(|e| format!("cannot start the accepting thread: {e}"))?;
     }
-    lifecycle.watch(&runtime);
+    lifecycle.watch(served.runtime.as_ref().ok());
     Ok(())
 }
 

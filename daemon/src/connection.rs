@@ -19,7 +19,8 @@ use std::time::Duration;
 
 /// What every connection of this process is checked against.
 pub struct Served {
-    pub runtime: Runtime,
+    /// Err: why Python could not start (every request is answered 500).
+    pub runtime: Result<Runtime, String>,
     pub group: GroupSpec,
     pub secret: [u8; SECRET_LEN],
     pub allowed_uids: Vec<u32>,
@@ -97,9 +98,16 @@ pub fn serve(conn: UnixStream, served: &Served, lifecycle: &Lifecycle) {
             ),
         );
     }
+    let runtime = match &served.runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let why = format!("{what}: Python cannot start in this process: {e}");
+            return fail(&sink, 500, &why);
+        }
+    };
     let body = SocketBody::new(reader, sink.clone(), req.request.content_length);
     let id = lifecycle.begin(sink.clone(), what);
-    let _ = served.runtime.run(app, req.request, Box::new(body), sink);
+    let _ = runtime.run(app, req.request, Box::new(body), sink);
     lifecycle.finish(id);
 }
 

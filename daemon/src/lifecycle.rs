@@ -79,7 +79,8 @@ pub struct Lifecycle {
     last_request: Mutex<Instant>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     next_id: AtomicU64,
-    /// Each script app's modification time when the process started.
+    /// Each script app's modification time when the process started (those whose
+    /// server asks for reloading: not under Apache's `WSGIScriptReloading Off`).
     scripts: Vec<(std::path::PathBuf, Option<SystemTime>)>,
 }
 
@@ -89,8 +90,8 @@ impl Lifecycle {
             .apps
             .iter()
             .filter_map(|a: &AppSpec| match &a.target {
-                AppTarget::Script(p) => Some((p.clone(), mtime(p))),
-                AppTarget::Module(_) => None,
+                AppTarget::Script(p) if a.reload_on_change => Some((p.clone(), mtime(p))),
+                _ => None,
             })
             .collect();
         Lifecycle {
@@ -171,7 +172,8 @@ impl Lifecycle {
 
     /// The main thread's loop: returns when the process should exit (recycled and drained,
     /// or out of graceful time).
-    pub fn watch(&self, runtime: &Runtime) {
+    /// `runtime`: None when Python could not start.
+    pub fn watch(&self, runtime: Option<&Runtime>) {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             std::thread::sleep(Duration::from_millis(250));
@@ -237,7 +239,7 @@ impl Lifecycle {
         }
     }
 
-    fn check_request_timeout(&self, runtime: &Runtime) {
+    fn check_request_timeout(&self, runtime: Option<&Runtime>) {
         let limit = self.group.request_timeout;
         if limit == 0 {
             return;
@@ -259,10 +261,10 @@ impl Lifecycle {
                 .collect()
         };
         for (thread, what, sink, age) in late {
-            let stack = match runtime.thread_stack(thread) {
-                Ok(Some(s)) => s,
-                Ok(None) => "(the thread runs no Python code)".into(),
-                Err(e) => format!("(stack unavailable: {e})"),
+            let stack = match runtime.map(|r| r.thread_stack(thread)) {
+                Some(Ok(Some(s))) => s,
+                Some(Ok(None)) | None => "(the thread runs no Python code)".into(),
+                Some(Err(e)) => format!("(stack unavailable: {e})"),
             };
             let message = format!(
                 "request-timeout={limit}: {what} has run {:.1} s; answering 504 and recycling \

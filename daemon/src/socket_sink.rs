@@ -8,12 +8,15 @@
 //! writer is free, writes what the socket takes without blocking. Frames stay whole on
 //! the wire because the queue is only ever written from its front. A log line that
 //! comes while `send` holds the writer waits in `pending` (bounded) for the next holder.
-//! After the final event, lines go to stderr, the server's main error log.
+//! After the final event, lines go to stderr, the server's main error log; so do the
+//! lines that never reached the server because the connection broke (the client went
+//! away while they waited behind a stuck response): a line is never lost.
 
 use rwsgi::daemon::fd_passing::send_with_file;
 use rwsgi::daemon::messages::{encode_event, FromApp};
-use rwsgi::daemon::DATA_FRAME;
+use rwsgi::daemon::{FrameBuffer, DATA_FRAME};
 use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink};
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -44,6 +47,8 @@ struct Writer {
     finished: bool,
     /// A write failed: the server or its client is gone.
     broken: bool,
+    /// Log lines of writes that failed, for stderr.
+    lost_logs: Vec<(LogLevel, String)>,
 }
 
 impl SocketSink {
@@ -56,6 +61,7 @@ impl SocketSink {
                 head_sent: false,
                 finished: false,
                 broken: false,
+                lost_logs: Vec::new(),
             }),
             pending: Mutex::new(Vec::new()),
             accepts_files,
@@ -81,7 +87,9 @@ impl SocketSink {
         }
         self.take_pending(&mut w);
         FromApp::Read(n).encode(&mut w.out);
-        w.flush().inspect_err(|_| w.broken = true)
+        let result = w.flush().inspect_err(|_| w.broken = true);
+        self.spill(&mut w);
+        result
     }
 
     /// A request past its request-timeout: answer 504 if nothing was sent yet, else cut
@@ -105,18 +113,39 @@ impl SocketSink {
         w.finished = true;
         w.broken = true;
         let _ = w.stream.shutdown(std::net::Shutdown::Both);
+        self.spill(&mut w);
     }
 }
 
 impl Writer {
-    /// Writes the whole queue, blocking (with the socket's write timeout).
+    /// Writes the whole queue, blocking (with the socket's write timeout). On failure
+    /// the log lines that did not go out are kept in `lost_logs`.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out);
-            self.out.clear();
-            r?;
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.out.len() {
+                break Ok(());
+            }
+            match self.stream.write(&self.out[sent..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            self.lose(sent);
         }
-        Ok(())
+        self.out.clear();
+        result
+    }
+
+    /// Keeps the log lines of the frames of `out` not wholly within its first `sent`
+    /// bytes, which the server will never read.
+    fn lose(&mut self, sent: usize) {
+        let start = first_unsent_frame(&self.out, sent);
+        let mut lines = log_lines(&self.out[start..]);
+        self.lost_logs.append(&mut lines);
     }
 
     /// Writes what the socket takes now; keeps the rest queued.
@@ -136,6 +165,9 @@ impl Writer {
             if n <= 0 {
                 if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
                     self.broken = true;
+                    self.lose(sent);
+                    self.out.clear();
+                    return;
                 }
                 break;
             }
@@ -219,14 +251,15 @@ impl ResponseSink for SocketSink {
         let result = result.and_then(|()| w.flush());
         if result.is_err() {
             w.broken = true;
-            return Err(ClientGone);
         }
-        Ok(())
+        self.spill(&mut w);
+        result.map_err(|_| ClientGone)
     }
 
     fn log(&self, level: LogLevel, message: &str) {
         if let Ok(mut w) = self.writer.try_lock() {
             if w.finished || w.broken {
+                self.spill(&mut w);
                 drop(w);
                 return self.log_to_stderr(level, message);
             }
@@ -245,6 +278,24 @@ impl ResponseSink for SocketSink {
 }
 
 impl SocketSink {
+    /// Once nothing more goes to the server (the response ended or the connection
+    /// broke): the lines that were waiting for it, or were lost with a failed write, go
+    /// to stderr, in order.
+    fn spill(&self, w: &mut Writer) {
+        if !(w.finished || w.broken) {
+            return;
+        }
+        let waiting = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut lines = std::mem::take(&mut w.lost_logs);
+        if w.broken {
+            lines.append(&mut log_lines(&std::mem::take(&mut w.out)));
+        }
+        lines.append(&mut log_lines(&waiting));
+        for (level, message) in lines {
+            self.log_to_stderr(level, &message);
+        }
+    }
+
     fn log_to_stderr(&self, level: LogLevel, message: &str) {
         let level = match level {
             LogLevel::Error => "error",
@@ -261,4 +312,32 @@ impl SocketSink {
             );
         }
     }
+}
+
+/// Where the first frame of `out` that is not wholly within its first `sent` bytes
+/// starts (frames are `u32 length of what follows` + type + payload).
+fn first_unsent_frame(out: &[u8], sent: usize) -> usize {
+    let mut pos = 0;
+    while let Some(head) = out.get(pos..pos + 4) {
+        let end = pos + 4 + u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if end > sent {
+            return pos;
+        }
+        pos = end;
+    }
+    pos
+}
+
+/// The LOG frames' lines among whole encoded frames.
+fn log_lines(bytes: &[u8]) -> Vec<(LogLevel, String)> {
+    let mut frames = FrameBuffer::new();
+    frames.extend(bytes);
+    let mut no_files = VecDeque::new();
+    let mut lines = Vec::new();
+    while let Ok(Some(frame)) = frames.next_frame() {
+        if let Ok(FromApp::Log(level, message)) = FromApp::decode(&frame, &mut no_files) {
+            lines.push((level, message));
+        }
+    }
+    lines
 }

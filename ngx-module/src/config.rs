@@ -637,6 +637,9 @@ pub unsafe extern "C" fn merge_loc_conf(
             }
         };
         spec.python_path = lc.python_path.clone().unwrap_or_default();
+        // A daemon group's process is recycled when its script changes (nginx has no
+        // WSGIScriptReloading to turn that off); embedded workers never reload.
+        spec.reload_on_change = lc.daemon.is_some();
         if let rwsgi::AppTarget::Script(path) = &spec.target {
             if !path.is_file() {
                 ngx_conf_log_error!(

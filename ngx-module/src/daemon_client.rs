@@ -31,6 +31,7 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use rwsgi::daemon::fd_passing::recv_with_files;
+use rwsgi::daemon::leftover_logs::leftover_logs;
 use rwsgi::daemon::messages::now_us;
 use rwsgi::daemon::socket_path;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
@@ -93,6 +94,8 @@ pub struct AppConn {
     head_seen: bool,
     declared: Option<u64>,
     body_bytes: u64,
+    /// A HEAD request: its response has no body, whatever its Content-Length says.
+    head_request: bool,
 }
 
 /// What one turn of reading the app's socket produced.
@@ -161,6 +164,7 @@ pub unsafe fn start(
         );
         return Err(error);
     }
+    let head_request = request.method == "HEAD";
     let frame = ToApp::Request(Box::new(RequestFrame {
         secret: target.secret,
         accepts_files: true,
@@ -193,6 +197,7 @@ pub unsafe fn start(
         head_seen: false,
         declared: None,
         body_bytes: 0,
+        head_request,
     };
     // SAFETY: r is live, on the event loop (caller); install binds the AppConn to ctx.
     let ctx = unsafe { RequestCtx::install(r, Producer::Daemon(Box::new(conn))) }.ok_or(error)?;
@@ -467,6 +472,26 @@ impl AppConn {
     /// Closes the app's connection (its next write fails; the engine closes the app's
     /// iterable) and stops the retry timer. Idempotent.
     pub fn close(&mut self) {
+        if !self.c.is_null() && self.gone {
+            // The client left mid-response: the app's log lines still in the socket
+            // are logged, not dropped with it.
+            // SAFETY: c is the live app connection.
+            let fd = unsafe { (*self.c).fd };
+            for (level, message) in leftover_logs(fd, &mut self.frames) {
+                let level = match level {
+                    LogLevel::Error => NGX_LOG_ERR,
+                    LogLevel::Warn => NGX_LOG_WARN,
+                    LogLevel::Info => NGX_LOG_INFO,
+                };
+                ngx_log_error!(
+                    level,
+                    self.log,
+                    "wsgi: group {}: {}",
+                    self.target.name,
+                    message
+                );
+            }
+        }
         if !self.c.is_null() {
             // SAFETY: c is the live connection try_connect opened; closing it removes its
             // events from the loop, its timers and postings.
@@ -647,7 +672,13 @@ impl AppConn {
                     return Err("the app process sent a second response head".into());
                 }
                 self.head_seen = true;
-                self.declared = head.content_length;
+                // The engine sends no body after the head of a HEAD request or of a
+                // 204 / 304, as in embedded mode; none may come.
+                self.declared = if self.head_request || head.forbids_body() {
+                    Some(0)
+                } else {
+                    head.content_length
+                };
                 return Ok(());
             }
             OutputEvent::Data(data) => data.len() as u64,

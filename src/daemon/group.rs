@@ -39,6 +39,10 @@ const NOT_SUPPORTED: &[&str] = &[
 pub struct GroupSpec {
     pub name: String,
     pub processes: u32,
+    /// `processes=` was given (even as 1): wsgi.multiprocess is then True, as mod_wsgi
+    /// documents; without it, False.
+    #[serde(default)]
+    pub processes_given: bool,
     pub threads: u32,
     /// Account the processes run as; None: the server's worker user.
     pub user: Option<String>,
@@ -87,6 +91,7 @@ impl GroupSpec {
         GroupSpec {
             name: name.to_string(),
             processes: 1,
+            processes_given: false,
             threads: 15,
             user: None,
             group: None,
@@ -140,7 +145,10 @@ impl GroupSpec {
             }
         };
         match key {
-            "processes" => self.processes = count(key, value, 1, 1024)? as u32,
+            "processes" => {
+                self.processes = count(key, value, 1, 1024)? as u32;
+                self.processes_given = true;
+            }
             "threads" => self.threads = count(key, value, 1, 4096)? as u32,
             "user" => {
                 let user = text()?;
@@ -279,6 +287,13 @@ mod tests {
         assert_eq!(split_python_path("/a::/b:"), ["/a", "/b"]);
         assert_eq!(g.umask, Some(0o027));
         assert_eq!(g.process_title(), "(wsgi:site1)");
+    }
+
+    #[test]
+    fn processes_given_even_as_one_is_remembered() {
+        assert!(!GroupSpec::parse("a", &[]).unwrap().processes_given);
+        let g = GroupSpec::parse("a", &["processes=1"]).unwrap();
+        assert!(g.processes_given && g.processes == 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fd_passing;
 pub mod frame;
 pub mod group;
 pub mod launch;
+pub mod leftover_logs;
 pub mod messages;
 pub mod peer;
 pub mod socket_path;

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 
+from . import daemon_mode
 from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, children_of,
                      pid_alive, wait_port, wait_until)
 
@@ -121,7 +122,11 @@ class ApacheServer(Server):
 
     def write_conf(self, mounts, **opts):
         text = opts.pop("conf_text", None)
-        self.conf_path.write_text(text if text is not None else self.render(mounts, **opts))
+        if text is None:
+            text = self.render(mounts, **opts)
+        served = daemon_mode.apache_text(text)
+        self.in_suite_group = served != text
+        self.conf_path.write_text(served)
         self.conf_path.chmod(0o644)
 
     # -- daemon mode ------------------------------------------------------------------
@@ -159,6 +164,8 @@ class ApacheServer(Server):
         sup = self.supervisor_pid()
         return children_of(sup) if sup else []
 
+    group_pids = daemon_pids
+
     def _stop_supervisor(self, sup: int | None, timeout: float = 30):
         """After apache2 exited its lifeline is closed: the supervisor stops its groups
         (graceful-timeout) and exits. Killed if it does not."""
@@ -181,7 +188,7 @@ class ApacheServer(Server):
 
     def check_text(self, text: str) -> tuple[bool, str]:
         """`apache2 -t` on a complete config text; (ok, output)."""
-        self.conf_path.write_text(text)
+        self.conf_path.write_text(daemon_mode.apache_text(text))
         self.conf_path.chmod(0o644)
         p = subprocess.run([APACHE, "-t", "-f", str(self.conf_path)],
                            capture_output=True, text=True, timeout=60)

@@ -183,6 +183,8 @@ class Server:
         self.opts: dict = {}
         self.started = False
         self.validator_offset = 0  # bytes of markers/validator.log already reported
+        # RWSGI_DAEMON=1 put this server's apps in the `suite` group (daemon_mode.py).
+        self.in_suite_group = False
         from . import validate
         validate.LIVE.append(self)
 
@@ -295,6 +297,14 @@ class Server:
     def worker_pids(self) -> list[int]:
         pid = self.master_pid
         return children_of(pid) if pid else []
+
+    def python_pids(self) -> list[int]:
+        """The processes the apps run in: the server's workers, or with RWSGI_DAEMON=1
+        the `suite` group's app processes."""
+        return self.group_pids() if self.in_suite_group else self.worker_pids()
+
+    def group_pids(self) -> list[int]:
+        raise NotImplementedError
 
     def check_config(self, mounts: list[Mount], **opts) -> tuple[bool, str]:
         """Runs the server's config test on a generated config; (ok, output)."""

@@ -64,9 +64,11 @@ def group(name, apps, **options):
     return spec
 
 
-def app_spec(script, callable_="application"):
+def app_spec(script, callable_="application", reload_on_change=True):
+    """reload_on_change: the process is recycled when the script changes (what both
+    servers ask for by default; Apache's `WSGIScriptReloading Off` turns it off)."""
     return {"target": {"Script": script}, "callable": callable_, "python_path": [],
-            "reload_on_change": False}
+            "reload_on_change": reload_on_change}
 
 
 def _bytes(b: bytes) -> bytes:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+from . import daemon_mode
 from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, REPO, Mount, Server, ServerError,
                      children_of, pid_alive, wait_port, wait_until)
 
@@ -82,6 +83,13 @@ class NginxServer(Server):
             python_home = DEFAULT_PYTHON_HOME
         if python_home is not None:
             http.append(f"wsgi_python_home {python_home};")
+        self.in_suite_group = daemons is None and daemon_mode.ENABLED
+        if self.in_suite_group:
+            daemons, lines = daemon_mode.nginx_http_lines(workers, threads, python_home)
+            http.extend(lines)
+            if not (self.module_path.parent / "rwsgi-daemon").exists():
+                # The fault-injection build and the Python package have none beside them.
+                http.append(f"wsgi_daemon_program {daemon_mode.PROGRAM};")
         if daemons:
             http.append(f"wsgi_socket_prefix {self.daemon_dir};")
             http.extend(f"wsgi_daemon {name} {self.expand(opts)};".rstrip()
@@ -159,6 +167,9 @@ class NginxServer(Server):
         import pwd
         uid = pwd.getpwnam(user).pw_uid
         return [p for p in pids if _uid_of(p) == uid]
+
+    def group_pids(self) -> list[int]:
+        return self.app_pids()
 
     def write_conf(self, mounts, **opts):
         self.conf_path.write_text(self.render(mounts, **opts))
