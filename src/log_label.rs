@@ -47,7 +47,28 @@ impl LogLabel {
 
     /// `message` with this label in front.
     pub fn line(&self, message: &str) -> String {
-        format!("{self}: {message}")
+        self.labelled(message).to_string()
+    }
+
+    /// `message` with this label in front, to be formatted where it is written (without
+    /// a String of its own).
+    pub fn labelled<M: fmt::Display>(&self, message: M) -> Labelled<'_, M> {
+        Labelled {
+            label: self,
+            message,
+        }
+    }
+}
+
+/// A message with its label (see [`LogLabel::labelled`]).
+pub struct Labelled<'a, M> {
+    label: &'a LogLabel,
+    message: M,
+}
+
+impl<M: fmt::Display> fmt::Display for Labelled<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.label, self.message)
     }
 }
 

@@ -167,14 +167,14 @@ unsafe extern "C" fn check_config(
                 // SAFETY: s is the main server httpd passes in.
                 unsafe {
                     log::server(
-                    s,
-                    Level::Error,
-                    &format!(
-                        "mod_rwsgi: {other} is loaded too. mod_wsgi and mod_rwsgi both embed Python and \
+                        s,
+                        Level::Error,
+                        &format!(
+                            "{other} is loaded too. mod_wsgi and mod_rwsgi both embed Python and \
                          define the same WSGI* directives: load only one of them \
                          (a2dismod wsgi, or remove its LoadModule line)"
-                    ),
-                );
+                        ),
+                    );
                 }
                 HTTP_INTERNAL_SERVER_ERROR as c_int
             }
@@ -210,7 +210,7 @@ unsafe extern "C" fn post_config(
                 log::server(
                     s,
                     Level::Info,
-                    "mod_rwsgi: every WSGI application group runs in the main Python interpreter \
+                    "every WSGI application group runs in the main Python interpreter \
                      (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are not supported yet, \
                      so applications in different groups share modules and sys.path",
                 )
