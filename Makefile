@@ -33,7 +33,7 @@ APT_PACKAGES := build-essential pkg-config nginx nginx-dev apache2 apache2-dev \
 	libapache2-mod-wsgi-py3 wrk openssl
 
 .PHONY: deps build fault-module wheel serve-venv demo test test-rust test-servers \
-	test-frameworks matrix bench soak lint clean install uninstall install-nginx-files \
+	test-frameworks matrix bench bench-ab soak lint clean install uninstall install-nginx-files \
 	install-apache-files deb
 
 # make install / make deb lay the modules out as Debian's own module packages do
@@ -136,6 +136,22 @@ lint: $(NGINX_CONFIGURED)
 
 bench: build
 	$(PYTHON_SYS) bench/run.py
+
+# A/B of the current modules against those of another revision, interleaved in the same
+# rounds (every workload, both servers): `make bench-ab BASE=main~3`.
+BASE ?= HEAD
+BASE_DIR := $(CURDIR)/target/bench-base
+bench-ab: build
+	rm -rf $(BASE_DIR)/src && mkdir -p $(BASE_DIR)/modules
+	git worktree add --detach $(BASE_DIR)/src $(BASE) >/dev/null
+	cd $(BASE_DIR)/src && CARGO_TARGET_DIR=$(BASE_DIR)/target cargo build --release \
+		-p ngx_http_rwsgi_module -p mod_rwsgi; rc=$$?; cd $(CURDIR); \
+		git worktree remove --force $(BASE_DIR)/src; exit $$rc
+	install -m 0755 $(BASE_DIR)/target/release/libngx_http_rwsgi_module.so $(BASE_DIR)/modules/ngx_http_rwsgi_module.so
+	install -m 0755 $(BASE_DIR)/target/release/libmod_rwsgi.so $(BASE_DIR)/modules/mod_rwsgi.so
+	@chmod o+rx $(BASE_DIR) $(BASE_DIR)/modules
+	$(PYTHON_SYS) bench/run.py --base $(BASE_DIR)/modules \
+		--only rwsgi-nginx,rwsgi-nginx-base,rwsgi-apache,rwsgi-apache-base --no-write
 
 # Memory soak: 1,000,000 mixed requests per server, worker RSS before/after.
 soak: build

@@ -47,6 +47,7 @@ PROCS = 2             # worker processes everywhere (the machine has 2 cores)
 THREADS = 8           # threads per process wherever threads apply
 SLEEP_THREADS = 64    # ... for the sleep workload (2 x 64 = its 128 connections)
 WRK_THREADS = [1]     # --wrk-threads
+BASE = [None]         # --base: the directory of the baseline modules
 
 APT_PACKAGES = ["wrk", "nginx", "apache2", "libapache2-mod-wsgi-py3", "uwsgi-core",
                 "uwsgi-plugin-python3", "util-linux"]
@@ -84,6 +85,9 @@ SERVERS = {
     "granian": "granian --interface wsgi --http 1, workers x blocking threads",
     "rwsgi-nginx": "nginx + ngx_http_rwsgi_module.so, worker_processes x wsgi_threads",
     "rwsgi-apache": "Apache event MPM + mod_rwsgi.so, processes x ThreadsPerChild",
+    "mod_wsgi-daemon": "Apache event MPM + mod_wsgi daemon mode (WSGIDaemonProcess processes x threads, %{GLOBAL})",
+    "rwsgi-nginx-daemon": "nginx + rwsgi daemon mode (wsgi_daemon processes x threads)",
+    "rwsgi-apache-daemon": "Apache event MPM + mod_rwsgi daemon mode (WSGIDaemonProcess processes x threads)",
 }
 STATIC_SERVERS = {"nginx-static", "apache-static"}
 REFERENCE = "rwsgi-nginx"
@@ -101,6 +105,8 @@ RATIO_GOALS = [
     ("Apache module, POST 1 MiB >= mod_wsgi embedded", "rwsgi-apache", "mod_wsgi", "upload", 1.0),
     ("nginx module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-nginx", "mod_wsgi", "file", 1.0),
     ("Apache module, 1 MiB file_wrapper >= mod_wsgi embedded", "rwsgi-apache", "mod_wsgi", "file", 1.0),
+    ("nginx daemon mode, hello >= 1.5x mod_wsgi daemon mode", "rwsgi-nginx-daemon", "mod_wsgi-daemon", "hello", 1.5),
+    ("Apache daemon mode, hello >= 1.5x mod_wsgi daemon mode", "rwsgi-apache-daemon", "mod_wsgi-daemon", "hello", 1.5),
 ]
 RSS_SETTLE_S = 0.5   # pause between a run's end and its RSS reading (workers idle by then)
 RSS_FLAT = 1.10   # "RSS stays flat": last round's RSS <= 1.10 x first round's (+1 MiB slack)
@@ -365,13 +371,13 @@ EnableSendfile On
 """
 
 
-def start_nginx(inst, locations, http_extra="", load_module=False):
+def start_nginx(inst, locations, http_extra="", load_module=False, module=NGINX_MODULE):
     ctx = inst.ctx
     tmp = ctx.run / f"{inst.tag}-tmp"
     tmp.mkdir(exist_ok=True)
     conf = ctx.run / f"{inst.tag}.nginx.conf"
     conf.write_text(NGINX_CONF.format(
-        load_module=f"load_module {NGINX_MODULE};" if load_module else "",
+        load_module=f"load_module {module};" if load_module else "",
         procs=PROCS, run=ctx.run, tag=inst.tag, tmp=tmp, http_extra=http_extra,
         host=HOST, port=inst.port, locations=locations))
     inst.spawn(["/usr/sbin/nginx", "-p", ctx.run, "-c", conf, "-e", ctx.run / f"{inst.tag}-error.log"],
@@ -400,9 +406,10 @@ def start_server(inst):
         location = /hello {{ return 200 "Hello, world!\\n"; }}
         location = /json {{ default_type application/json; return 200 '{ctx.json_body.decode()}'; }}
         location / {{ root {docroot}; }}""")
-    elif s == "rwsgi-nginx":
+    elif s in ("rwsgi-nginx", "rwsgi-nginx-base"):
+        module = NGINX_MODULE if s == "rwsgi-nginx" else BASE[0] / NGINX_MODULE.name
         start_nginx(inst, f"        location / {{ wsgi_app {app}; }}",
-                    http_extra=f"    wsgi_threads {t};", load_module=True)
+                    http_extra=f"    wsgi_threads {t};", load_module=True, module=module)
     elif s == "nginx-uwsgi":
         sockdir = ctx.run / f"{inst.tag}-sock"    # uWSGI binds after dropping to www-data
         sockdir.mkdir(exist_ok=True)
@@ -426,8 +433,25 @@ def start_server(inst):
         start_apache(inst, f"LoadModule wsgi_module {MOD_WSGI_SO}",
                      f"WSGIApplicationGroup %{{GLOBAL}}\nWSGIEnableSendfile On\n"
                      f"WSGIScriptAlias / {app}\n{directory}")
-    elif s == "rwsgi-apache":
+    elif s == "mod_wsgi-daemon":
+        start_apache(inst, f"LoadModule wsgi_module {MOD_WSGI_SO}",
+                     f"WSGISocketPrefix {ctx.run}/{inst.tag}-wsgi\n"
+                     f"WSGIDaemonProcess bench processes={PROCS} threads={t}\n"
+                     f"WSGIProcessGroup bench\nWSGIApplicationGroup %{{GLOBAL}}\n"
+                     f"WSGIEnableSendfile On\nWSGIScriptAlias / {app}\n{directory}")
+    elif s == "rwsgi-nginx-daemon":
+        start_nginx(inst, f"        location / {{ wsgi_process_group bench; wsgi_app {app}; }}",
+                    http_extra=f"    wsgi_socket_prefix {ctx.run}/{inst.tag}-rwsgi;\n"
+                               f"    wsgi_daemon bench processes={PROCS} threads={t};",
+                    load_module=True)
+    elif s == "rwsgi-apache-daemon":
         start_apache(inst, f"LoadModule rwsgi_module {APACHE_MODULE}",
+                     f"WSGISocketPrefix {ctx.run}/{inst.tag}-wsgi\n"
+                     f"WSGIDaemonProcess bench processes={PROCS} threads={t}\n"
+                     f"WSGIProcessGroup bench\nWSGIScriptAlias / {app}\n{directory}")
+    elif s in ("rwsgi-apache", "rwsgi-apache-base"):
+        module = APACHE_MODULE if s == "rwsgi-apache" else BASE[0] / APACHE_MODULE.name
+        start_apache(inst, f"LoadModule rwsgi_module {module}",
                      f"WSGIScriptAlias / {app}\n{directory}")
     elif s == "gunicorn":
         inst.spawn(["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups",
@@ -820,6 +844,20 @@ def prepare_files(ctx):
     ctx.user_env = {"PATH": "/usr/bin:/bin", "HOME": str(ctx.appdir), "LANG": "C.UTF-8"}
 
 
+def ab_table(results, workloads):
+    """Current modules against the baseline ones (--base), measured in the same rounds."""
+    lines = ["A/B, current / baseline (req/s medians, same rounds):"]
+    for wl in workloads:
+        cells = []
+        for s in ("rwsgi-nginx", "rwsgi-apache"):
+            new, old = results.get((wl.name, s), {}), results.get((wl.name, s + "-base"), {})
+            if new.get("summary") and old.get("summary"):
+                ratio = new["summary"]["rps"] / old["summary"]["rps"]
+                cells.append(f"{s.split('-')[1]} {ratio:.3f}")
+        lines.append(f"  {wl.name:8} " + "   ".join(cells))
+    return "\n".join(lines)
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round x 2 s, 1 s warm-up")
@@ -834,7 +872,14 @@ def parse_args():
                     help="write RESULTS.md/results.png even for an --only/--workloads run")
     ap.add_argument("--no-write", action="store_true", help="never write RESULTS.md/results.png")
     ap.add_argument("--no-install", action="store_true", help="do not apt/pip install anything")
+    ap.add_argument("--base", type=pathlib.Path,
+                    help="A/B: also run rwsgi-nginx-base and rwsgi-apache-base with the modules in "
+                         "this directory, interleaved with the current ones (make bench-ab)")
     args = ap.parse_args()
+    if args.base:
+        BASE[0] = args.base.resolve()
+        SERVERS["rwsgi-nginx-base"] = f"rwsgi-nginx with the modules in {BASE[0]}"
+        SERVERS["rwsgi-apache-base"] = f"rwsgi-apache with the modules in {BASE[0]}"
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
@@ -987,6 +1032,8 @@ def main():
     log("\n" + text_table(rows))
     for line in skipped:
         log(f"SKIPPED {line}")
+    if BASE[0]:
+        log("\n" + ab_table(results, workloads))
     log("\nGoals:")
     for d, r, x in goals:
         log(f"  {r:4}  {d}: {x}")

@@ -62,16 +62,24 @@ fn run() -> Result<(), String> {
         let mut path = group.python_path.clone();
         path.append(&mut app.python_path);
         app.python_path = path;
-        if let Err(e) = runtime.preload(app) {
+        match runtime.preload(app) {
+            Ok(()) => {}
+            // An import script (WSGIImportScript) need not define a callable.
+            Err(e) if e.no_callable => eprintln!(
+                "rwsgi-app[{}] info: group {}: imported {} (it defines no callable)",
+                std::process::id(),
+                group.name,
+                app.describe()
+            ),
             // The process stays up: requests for this app get a 500 with the reason
             // logged (and it is imported again on each), the group's other apps work.
-            eprintln!(
+            Err(e) => eprintln!(
                 "rwsgi-app[{}] error: group {}: cannot load {}:\n{}",
                 std::process::id(),
                 group.name,
                 app.describe(),
                 e.traceback
-            );
+            ),
         }
     }
     eprintln!(

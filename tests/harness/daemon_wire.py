@@ -109,7 +109,10 @@ class Answer:
 def _recv_exact(sock, n):
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:   # closed with our bytes unread: no answer either
+            return None
         if not chunk:
             return None
         data += chunk
