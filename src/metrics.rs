@@ -405,7 +405,7 @@ impl AppCounters {
         self.queue_full.fetch_add(1, Relaxed);
     }
 
-    /// The app failed to import in a worker.
+    /// Loading the app failed (at a worker's start, or retried by a request).
     pub fn import_failed(&self) {
         self.import_failures.fetch_add(1, Relaxed);
     }

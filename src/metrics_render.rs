@@ -224,7 +224,7 @@ pub fn prometheus(snap: &Snapshot, info: &ServerInfo) -> String {
         ),
         (
             "rwsgi_app_import_failures_total",
-            "Times a worker failed to import the app.",
+            "Times loading the app failed: at a worker's start, or retried by a request.",
             |a| a.import_failures,
         ),
     ];
