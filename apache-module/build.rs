@@ -63,7 +63,7 @@ fn main() {
              GLOBAL_ONLY|NOT_IN_.*|OPT_EXECCGI|AP_MODULE_FLAG_.*|AP_MPMQ_.*|AP_MAX_REG_MATCH|AP_REG_.*|\
              AP_FILTER_ERROR|AP_REQ_.*|ENABLE_SENDFILE_.*|APR_SUCCESS|APR_HOOK_.*|APR_FOPEN_READ|\
              APR_FOPEN_SENDFILE_ENABLED|APR_FOPEN_LARGEFILE|apr_bucket_type_.*|ap_bucket_type_error|\
-             ap_server_conf|ap_top_module",
+             ap_server_conf|ap_top_module|ap_unixd_config|AP_SQ_.*",
         )
         .rustified_enum("cmd_how")
         .layout_tests(false)

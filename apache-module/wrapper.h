@@ -11,6 +11,7 @@
 #include "ap_mpm.h"
 #include "ap_regex.h"
 #include "util_filter.h"
+#include "unixd.h"
 #include "apr_buckets.h"
 #include "apr_file_io.h"
 #include "apr_portable.h"

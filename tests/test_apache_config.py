@@ -1,8 +1,9 @@
 """Apache only: mod_rwsgi as a drop-in for mod_wsgi's configuration. A mod_wsgi-style
 config (Debian's docs: WSGIScriptAlias + <Directory> Require all granted, WSGIPythonPath,
 WSGIPassAuthorization, ...) runs unchanged with only the LoadModule line swapped, and gives
-the application the same environ as mod_wsgi itself; wrong values, daemon mode and loading
-both modules fail `apache2 -t` with the file, the line and a clear reason."""
+the application the same environ as mod_wsgi itself; wrong values and loading both modules
+fail `apache2 -t` with the file, the line and a clear reason (daemon mode's own refusals:
+test_daemon_apache.py)."""
 from __future__ import annotations
 
 import json
@@ -202,17 +203,16 @@ def line_of(text: str, needle: str) -> int:
 
 BAD = [
     # (directive lines, needle on the failing line, what the message must say)
-    # Every refusal starts with the directive's name and the daemon-mode ones all end
-    # with the same advice (which names WSGIDaemonProcess and WSGIProcessGroup), so each
-    # pattern matches the reason proper, up to the value that is wrong.
-    (["WSGIDaemonProcess site processes=2 threads=15"], "WSGIDaemonProcess",
-     r"WSGIDaemonProcess: daemon mode is not supported by mod_rwsgi yet"),
-    (["WSGIProcessGroup site"], "WSGIProcessGroup",
-     r"WSGIProcessGroup: process group \"site\": daemon mode is not supported"),
-    (["WSGIScriptAlias /p {apps}/hello.py process-group=site"], "process-group=site",
-     r"WSGIScriptAlias: process group \"site\": daemon mode is not supported"),
-    (["WSGIRestrictEmbedded On"], "WSGIRestrictEmbedded",
-     r"On would forbid embedded mode, the only mode mod_rwsgi has"),
+    # Every refusal starts with the directive's name, so each pattern matches the reason
+    # proper, up to the value that is wrong.
+    (["WSGIDaemonProcess site frobnicate=1"], "WSGIDaemonProcess",
+     r"WSGIDaemonProcess site: unknown option \"frobnicate\""),
+    (["WSGIProcessGroup %{ENV:G}"], "WSGIProcessGroup",
+     r"WSGIProcessGroup: process group \"%\{ENV:G\}\": computed process group names"),
+    (["WSGIScriptAlias /p {apps}/hello.py process-group=a/b"], "process-group=a/b",
+     r"WSGIScriptAlias: process group name \"a/b\""),
+    (["<VirtualHost 127.0.0.1:1>", "WSGIRestrictEmbedded On", "</VirtualHost>"],
+     "WSGIRestrictEmbedded", r"WSGIRestrictEmbedded cannot occur within <VirtualHost> section"),
     (["WSGIScriptAlias /x"], "WSGIScriptAlias /x",
      r"expected a URL path and a script file: WSGIScriptAlias URL-path FILE"),
     (["WSGIScriptAlias noslash {apps}/hello.py"], "noslash",
@@ -243,13 +243,13 @@ BAD = [
      r"\"1app\" is not a Python name for the WSGI callable"),
     (["WSGIImportScript {apps}/hello.py application-group=%{NOPE}"], "WSGIImportScript",
      r"unknown application group \"%\{NOPE\}\""),
-    (["WSGIImportScript {apps}/hello.py process-group=site"], "WSGIImportScript",
-     r"WSGIImportScript: process group \"site\": daemon mode is not supported"),
+    (["WSGIImportScript {apps}/hello.py process-group=%{SERVER}"], "WSGIImportScript",
+     r"WSGIImportScript: process group \"%\{SERVER\}\": computed process group names"),
 ]
 
 
 @pytest.mark.parametrize("lines,needle,words", BAD, ids=[
-    "daemon-process", "process-group", "alias-process-group", "restrict-embedded",
+    "daemon-option", "process-group", "alias-process-group", "restrict-embedded-in-vhost",
     "alias-missing-file", "alias-relative-url", "alias-unknown-option", "alias-bad-flag",
     "alias-directory", "match-bad-regex", "match-missing-group", "python-home-missing",
     "python-path-in-vhost", "pass-auth-value", "map-head-value", "app-group-value",

@@ -8,6 +8,7 @@
 
 use crate::apr::{module_config, pool_box, pool_value, string};
 use crate::bindings::*;
+use crate::daemon_conf::{DaemonDef, GroupRef};
 use crate::ffi::guard;
 use crate::module::module_index;
 use crate::options::MapHead;
@@ -19,6 +20,8 @@ use std::ptr;
 /// Options given on a WSGIScriptAlias line; they win over the directory's directives.
 #[derive(Debug, Clone, Default)]
 pub struct ScriptOptions {
+    /// As written: a daemon process group's name or `%{GLOBAL}` (embedded).
+    pub process_group: Option<String>,
     pub application_group: Option<String>,
     pub callable_object: Option<String>,
     pub pass_authorization: Option<bool>,
@@ -50,6 +53,8 @@ pub struct Alias {
 pub struct ImportScript {
     pub path: String,
     pub application_group: String,
+    /// The daemon process group it runs in; None: embedded (`%{GLOBAL}`).
+    pub process_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,11 +70,24 @@ pub struct ServerConfig {
     /// WSGIStuckAfter (main server only): seconds after which a request still in the app
     /// is logged with its Python stack.
     pub stuck_after: Option<u64>,
+    /// WSGIDaemonProcess lines of this server block (not inherited).
+    pub daemons: Vec<DaemonDef>,
+    /// Daemon process group names used in this server block, checked once the whole
+    /// configuration is read (not inherited).
+    pub group_refs: Vec<GroupRef>,
+    /// WSGIRestrictEmbedded On (main server only): no Python in Apache's children.
+    pub restrict_embedded: bool,
+    /// WSGISocketPrefix (main server only), made absolute.
+    pub socket_prefix: Option<String>,
+    /// WSGIDaemonProgram (main server only).
+    pub daemon_program: Option<PathBuf>,
 }
 
 /// Per-directory settings; None/NULL means "not set here, inherit".
 #[derive(Debug, Clone, Copy)]
 pub struct DirConfig {
+    /// WSGIProcessGroup: a daemon process group's name or `%{GLOBAL}`.
+    pub process_group: *const c_char,
     pub callable_object: *const c_char,
     pub application_group: *const c_char,
     pub pass_authorization: Option<bool>,
@@ -80,6 +98,7 @@ pub struct DirConfig {
 
 impl DirConfig {
     pub const UNSET: DirConfig = DirConfig {
+        process_group: ptr::null(),
         callable_object: ptr::null(),
         application_group: ptr::null(),
         pass_authorization: None,
@@ -91,6 +110,7 @@ impl DirConfig {
     fn merge(base: &DirConfig, add: &DirConfig) -> DirConfig {
         let pick = |a: *const c_char, b: *const c_char| if a.is_null() { b } else { a };
         DirConfig {
+            process_group: pick(add.process_group, base.process_group),
             callable_object: pick(add.callable_object, base.callable_object),
             application_group: pick(add.application_group, base.application_group),
             pass_authorization: add.pass_authorization.or(base.pass_authorization),
@@ -103,9 +123,14 @@ impl DirConfig {
 
 pub const DEFAULT_APPLICATION_GROUP: &str = "%{RESOURCE}";
 
+/// The process group that means "in Apache's own children" (embedded mode).
+pub const EMBEDDED: &str = "%{GLOBAL}";
+
 /// The settings in effect for one request.
 #[derive(Debug, Clone)]
 pub struct Effective {
+    /// The daemon process group the request runs in; None: embedded (`%{GLOBAL}`).
+    pub process_group: Option<String>,
     pub callable: String,
     /// Unexpanded (`%{RESOURCE}`, `%{GLOBAL}`, a name...).
     pub application_group: String,
@@ -124,9 +149,18 @@ impl Effective {
     pub unsafe fn resolve(dir: &DirConfig, alias: Option<&ScriptOptions>) -> Effective {
         let alias = alias.cloned().unwrap_or_default();
         // SAFETY: per the function contract.
-        let (dir_callable, dir_group) =
-            unsafe { (string(dir.callable_object), string(dir.application_group)) };
+        let (dir_callable, dir_group, dir_process_group) = unsafe {
+            (
+                string(dir.callable_object),
+                string(dir.application_group),
+                string(dir.process_group),
+            )
+        };
         Effective {
+            process_group: alias
+                .process_group
+                .or(dir_process_group)
+                .filter(|g| g != EMBEDDED),
             callable: alias
                 .callable_object
                 .or(dir_callable)
@@ -226,6 +260,11 @@ pub unsafe extern "C" fn merge_server_config(
             python_home: base.python_home.clone(),
             python_path: base.python_path.clone(),
             stuck_after: base.stuck_after,
+            daemons: add.daemons.clone(),
+            group_refs: add.group_refs.clone(),
+            restrict_embedded: base.restrict_embedded,
+            socket_prefix: base.socket_prefix.clone(),
+            daemon_program: base.daemon_program.clone(),
         };
         // SAFETY: p is the config pool.
         unsafe { pool_box(p, merged) as *mut c_void }
@@ -307,5 +346,31 @@ mod tests {
         let e = unsafe { Effective::resolve(&dir, None) };
         assert_eq!(e.callable, "app");
         assert!(e.pass_authorization);
+        assert_eq!(e.process_group, None);
+    }
+
+    #[test]
+    fn process_group_from_alias_then_directory() {
+        let dir = DirConfig {
+            process_group: c"site".as_ptr(),
+            ..DirConfig::UNSET
+        };
+        // SAFETY: the string pointers are NULL or static C strings.
+        let e = unsafe { Effective::resolve(&dir, None) };
+        assert_eq!(e.process_group.as_deref(), Some("site"));
+        let embedded = ScriptOptions {
+            process_group: Some("%{GLOBAL}".into()),
+            ..Default::default()
+        };
+        // SAFETY: as above.
+        let e = unsafe { Effective::resolve(&dir, Some(&embedded)) };
+        assert_eq!(e.process_group, None);
+        let other = ScriptOptions {
+            process_group: Some("other".into()),
+            ..Default::default()
+        };
+        // SAFETY: as above.
+        let e = unsafe { Effective::resolve(&DirConfig::UNSET, Some(&other)) };
+        assert_eq!(e.process_group.as_deref(), Some("other"));
     }
 }

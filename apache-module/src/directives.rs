@@ -5,22 +5,25 @@
 use crate::apr::{bytes, pstr, string};
 use crate::bindings::*;
 use crate::config::{self, Alias, DirConfig, ImportScript, Pattern, ScriptOptions};
+use crate::daemon_conf::{
+    daemon_process, daemon_program, process_group, restrict_embedded, socket_prefix,
+};
 use crate::ffi::guard;
 use crate::module::other_wsgi_module;
 use crate::options::{
     check_application_group, check_process_group, max_group_reference, parse_flag, parse_map_head,
-    parse_options, split_python_path, split_words, DAEMON_MODE_UNSUPPORTED,
+    parse_options, split_python_path, split_words,
 };
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::ptr;
 
-type Outcome = Result<(), String>;
+pub type Outcome = Result<(), String>;
 
 /// The directive httpd is reading: its cmd_parms, live for the directive call.
 #[derive(Clone, Copy)]
-struct Cmd<'a> {
+pub struct Cmd<'a> {
     cmd: *mut cmd_parms,
     _live: PhantomData<&'a cmd_parms>,
 }
@@ -29,7 +32,7 @@ impl<'a> Cmd<'a> {
     /// # Safety
     /// `cmd` is the live cmd_parms httpd passed to a directive function, used only during
     /// that call.
-    unsafe fn new(cmd: *mut cmd_parms) -> Cmd<'a> {
+    pub unsafe fn new(cmd: *mut cmd_parms) -> Cmd<'a> {
         Cmd {
             cmd,
             _live: PhantomData,
@@ -38,7 +41,7 @@ impl<'a> Cmd<'a> {
 
     /// Runs a directive body: refuses to work next to mod_wsgi, turns panics and errors
     /// into an error string allocated in the command pool.
-    fn run(self, body: impl FnOnce() -> Outcome) -> *const c_char {
+    pub fn run(self, body: impl FnOnce() -> Outcome) -> *const c_char {
         let outcome = guard(
             "a configuration directive",
             Err("internal error, see the error log".into()),
@@ -68,7 +71,7 @@ impl<'a> Cmd<'a> {
     }
 
     /// The directive's name.
-    fn name(self) -> String {
+    pub fn name(self) -> String {
         // SAFETY: cmd and cmd->cmd (this directive's command_rec, with a static name) are
         // live during the directive call (Cmd::new).
         unsafe { string((*(*self.cmd).cmd).name) }.unwrap_or_default()
@@ -86,14 +89,44 @@ impl<'a> Cmd<'a> {
         unsafe { (*self.cmd).server }
     }
 
+    /// "file:line" of the directive, for messages given once the whole configuration is
+    /// read.
+    pub fn location(self) -> String {
+        // SAFETY: cmd is live; directive is NULL or the config tree node being read, whose
+        // file name is NULL or a NUL-terminated pool string.
+        unsafe {
+            let d = (*self.cmd).directive;
+            if d.is_null() {
+                return "?".into();
+            }
+            let file = string((*d).filename).unwrap_or_else(|| "?".into());
+            format!("{file}:{}", (*d).line_num)
+        }
+    }
+
+    /// True inside <Directory>, <Location>, <Files> sections (and .htaccess).
+    pub fn in_section(self) -> bool {
+        // SAFETY: cmd is live (Cmd::new).
+        !unsafe { (*self.cmd).path }.is_null()
+    }
+
+    /// True in a .htaccess file, which httpd reads per request, in a request's pool: the
+    /// server configuration must not be changed from there.
+    pub fn in_htaccess(self) -> bool {
+        // SAFETY: cmd, its server and that server's process are live while a directive
+        // is read; pconf is the configuration pool, the one directives in the server's
+        // own files are read with.
+        unsafe { (*self.cmd).pool != (*(*self.server()).process).pconf }
+    }
+
     /// `s` as a C string in the configuration pool (lives as long as the configuration).
-    fn copy(self, s: &[u8]) -> *const c_char {
+    pub fn copy(self, s: &[u8]) -> *const c_char {
         // SAFETY: the configuration pool is live.
         unsafe { pstr(self.pool(), s) }
     }
 
     /// Refuses the directive inside <VirtualHost>, <Directory>... (httpd's message).
-    fn global_only(self) -> Outcome {
+    pub fn global_only(self) -> Outcome {
         // SAFETY: cmd is live; ap_check_cmd_context only reads it and returns NULL or a
         // NUL-terminated message.
         let err = unsafe { ap_check_cmd_context(self.cmd, GLOBAL_ONLY) };
@@ -106,7 +139,7 @@ impl<'a> Cmd<'a> {
     }
 
     /// A path relative to ServerRoot made absolute (as httpd does for its own files).
-    fn server_relative(self, path: &str) -> Result<String, String> {
+    pub fn server_relative(self, path: &str) -> Result<String, String> {
         let c = std::ffi::CString::new(path).map_err(|_| "path contains a NUL byte".to_string())?;
         // SAFETY: the pool is live; the result is NULL or a pool string.
         let full = unsafe { ap_server_root_relative(self.pool(), c.as_ptr()) };
@@ -122,7 +155,7 @@ impl<'a> Cmd<'a> {
     /// # Safety
     /// No other reference to this server's configuration is alive (configuration reading
     /// is single-threaded, so: none taken earlier in the same directive still in use).
-    unsafe fn server_config(self) -> Result<&'a mut config::ServerConfig, String> {
+    pub unsafe fn server_config(self) -> Result<&'a mut config::ServerConfig, String> {
         // SAFETY: cmd->server is the live server block being configured; exclusivity is
         // the caller's contract.
         unsafe { config::server_mut(self.server()) }
@@ -142,7 +175,7 @@ impl<'a> Cmd<'a> {
 ///
 /// # Safety
 /// `p` is the argument httpd passed to the directive: NULL or NUL-terminated.
-unsafe fn arg(p: *const c_char) -> String {
+pub unsafe fn arg(p: *const c_char) -> String {
     // SAFETY: the contract.
     unsafe { string(p) }.unwrap_or_default()
 }
@@ -152,7 +185,7 @@ unsafe fn arg(p: *const c_char) -> String {
 /// # Safety
 /// `mconfig` is that argument (our DirConfig from create/merge_dir_config, or NULL),
 /// and no other reference to it is alive.
-unsafe fn dir_config<'a>(mconfig: *mut c_void) -> Result<&'a mut DirConfig, String> {
+pub unsafe fn dir_config<'a>(mconfig: *mut c_void) -> Result<&'a mut DirConfig, String> {
     // SAFETY: the contract.
     unsafe { (mconfig as *mut DirConfig).as_mut() }
         .ok_or_else(|| "no directory configuration".to_string())
@@ -186,12 +219,11 @@ fn add_alias(cmd: Cmd<'_>, args: &str, regex: bool) -> Outcome {
     }
     let (url, target) = (&words[0], &words[1]);
     let mut options = ScriptOptions::default();
-    let mut process_group = false;
     for (name, value) in parse_options(&words[2..], ALIAS_OPTIONS)? {
         match name {
             "process-group" => {
                 check_process_group(value)?;
-                process_group = true;
+                options.process_group = Some(value.to_string());
             }
             "application-group" => {
                 check_application_group(value)?;
@@ -206,7 +238,7 @@ fn add_alias(cmd: Cmd<'_>, args: &str, regex: bool) -> Outcome {
     }
     // As mod_wsgi: both groups named, neither a per-request substitution (%{GLOBAL} is
     // fixed), and no $N in a WSGIScriptAliasMatch target.
-    options.preload = process_group
+    options.preload = options.process_group.is_some()
         && options
             .application_group
             .as_deref()
@@ -238,8 +270,13 @@ fn add_alias(cmd: Cmd<'_>, args: &str, regex: bool) -> Outcome {
         Pattern::Prefix(url.clone())
     };
     let target_c = cmd.copy(target.as_bytes());
+    let uses_group = options.process_group.clone();
     // SAFETY: the only reference to the server config in this directive.
-    unsafe { cmd.server_config() }?.aliases.push(Alias {
+    let conf = unsafe { cmd.server_config() }?;
+    if let Some(name) = uses_group {
+        crate::daemon_conf::note_use(conf, cmd, &name);
+    }
+    conf.aliases.push(Alias {
         pattern,
         target,
         target_c,
@@ -253,7 +290,7 @@ fn add_alias(cmd: Cmd<'_>, args: &str, regex: bool) -> Outcome {
 /// # Safety
 /// What httpd passes a directive function: a live cmd_parms and NULL or a NUL-terminated
 /// argument.
-unsafe fn call<'a>(cmd: *mut cmd_parms, args: *const c_char) -> (Cmd<'a>, String) {
+pub unsafe fn call<'a>(cmd: *mut cmd_parms, args: *const c_char) -> (Cmd<'a>, String) {
     // SAFETY: the contract.
     unsafe { (Cmd::new(cmd), arg(args)) }
 }
@@ -291,9 +328,11 @@ unsafe extern "C" fn import_script(
             return Err("expected a script file: WSGIImportScript FILE [process-group=...] [application-group=...]".into());
         };
         let mut group = "%{GLOBAL}".to_string();
+        let mut process_group = None;
         for (name, value) in parse_options(&words[1..], &["process-group", "application-group"])? {
             if name == "process-group" {
                 check_process_group(value)?;
+                process_group = Some(value.to_string());
             } else {
                 check_application_group(value)?;
                 group = value.to_string();
@@ -302,9 +341,14 @@ unsafe extern "C" fn import_script(
         let path = cmd.server_relative(path)?;
         not_a_directory(&path)?;
         // SAFETY: the only reference to the server config in this directive.
-        unsafe { cmd.server_config() }?.imports.push(ImportScript {
+        let conf = unsafe { cmd.server_config() }?;
+        if let Some(name) = &process_group {
+            crate::daemon_conf::note_use(conf, cmd, name);
+        }
+        conf.imports.push(ImportScript {
             path,
             application_group: group,
+            process_group: process_group.filter(|g| g != config::EMBEDDED),
         });
         Ok(())
     })
@@ -438,42 +482,6 @@ dir_flag!(pass_authorization, pass_authorization);
 dir_flag!(script_reloading, script_reloading);
 dir_flag!(enable_sendfile, enable_sendfile);
 
-unsafe extern "C" fn daemon_process(
-    cmd: *mut cmd_parms,
-    _m: *mut c_void,
-    _args: *const c_char,
-) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    let cmd = unsafe { Cmd::new(cmd) };
-    cmd.run(|| Err(DAEMON_MODE_UNSUPPORTED.to_string()))
-}
-
-unsafe extern "C" fn process_group(
-    cmd: *mut cmd_parms,
-    _m: *mut c_void,
-    value: *const c_char,
-) -> *const c_char {
-    // SAFETY: as in python_home.
-    let (cmd, value) = unsafe { call(cmd, value) };
-    cmd.run(|| check_process_group(&value))
-}
-
-unsafe extern "C" fn restrict_embedded(
-    cmd: *mut cmd_parms,
-    _m: *mut c_void,
-    on: c_int,
-) -> *const c_char {
-    // SAFETY: called by httpd with a live cmd.
-    let cmd = unsafe { Cmd::new(cmd) };
-    cmd.run(|| {
-        if on != 0 {
-            Err(format!("On would forbid embedded mode, the only mode mod_rwsgi has; {DAEMON_MODE_UNSUPPORTED}"))
-        } else {
-            Ok(())
-        }
-    })
-}
-
 /// Directives that only tune mod_wsgi internals mod_rwsgi does not have.
 unsafe extern "C" fn ignored_take1(
     cmd: *mut cmd_parms,
@@ -549,7 +557,7 @@ const END: command_rec = command_rec {
 
 /// The NULL-terminated table httpd reads through `module.cmds`.
 #[repr(transparent)]
-pub struct Commands(pub [command_rec; 27]);
+pub struct Commands(pub [command_rec; 28]);
 
 // SAFETY: the table is immutable after construction; its pointers are to static strings
 // and functions, so sharing it between threads is sound.
@@ -568,10 +576,11 @@ pub static COMMANDS: Commands = Commands([
     take1(c"WSGIMapHEADToGET", map_head_to_get, ANYWHERE, c"Off, On or Auto (default): run HEAD requests as GET"),
     flag(c"WSGIEnableSendfile", enable_sendfile, ANYWHERE, c"On to send wsgi.file_wrapper files with sendfile"),
     raw(c"WSGIImportScript", import_script, SERVER, c"FILE [process-group=%{GLOBAL}] [application-group=NAME]: run when a worker process starts"),
-    raw(c"WSGIDaemonProcess", daemon_process, SERVER, c"not supported by mod_rwsgi yet"),
-    take1(c"WSGIProcessGroup", process_group, ANYWHERE, c"only %{GLOBAL} (embedded mode) is supported"),
-    flag(c"WSGIRestrictEmbedded", restrict_embedded, SERVER, c"only Off is supported"),
-    take1(c"WSGISocketPrefix", ignored_take1, SERVER, c"accepted and ignored (daemon mode only)"),
+    raw(c"WSGIDaemonProcess", daemon_process, SERVER, c"NAME [processes=N] [threads=N] [user=U] [group=G] [python-home=DIR] [python-path=DIRS] [display-name=%{GROUP}] ... (mod_wsgi's options)"),
+    take1(c"WSGIProcessGroup", process_group, ANYWHERE, c"a WSGIDaemonProcess group's name, or %{GLOBAL} to run in Apache's own processes"),
+    flag(c"WSGIRestrictEmbedded", restrict_embedded, SERVER, c"On: applications run only in daemon process groups, never in Apache's processes"),
+    take1(c"WSGISocketPrefix", socket_prefix, SERVER, c"path prefix of the daemon sockets (the directory PREFIX.rwsgi holds them)"),
+    take1(c"WSGIDaemonProgram", daemon_program, SERVER, c"absolute path of the rwsgi-daemon program (default: beside mod_rwsgi.so)"),
     take1(c"WSGIAcceptMutex", ignored_take1, SERVER, c"accepted and ignored (daemon mode only)"),
     flag(c"WSGILazyInitialization", ignored_flag, SERVER, c"accepted and ignored: Python always starts in the worker processes"),
     flag(c"WSGIRestrictStdin", ignored_flag, SERVER, c"accepted and ignored"),

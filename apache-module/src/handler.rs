@@ -6,15 +6,18 @@
 use crate::bindings::*;
 use crate::body::ApacheBody;
 use crate::config::{self, Effective};
+use crate::daemon_groups;
+use crate::daemon_proxy;
 use crate::ffi::guard;
-use crate::live::{Finish, Live};
+use crate::live::{Finish, Live, State};
 use crate::log::{self, Level};
 use crate::mapping;
 use crate::python;
 use crate::req::{Req, Table};
 use crate::request::{self, Target};
 use crate::sink::ApacheSink;
-use rwsgi::LogLabel;
+use rwsgi::daemon::AppRef;
+use rwsgi::{AppTarget, LogLabel};
 use std::ffi::c_int;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -109,14 +112,6 @@ fn handle(req: Req<'_>) -> c_int {
         );
     }
 
-    let Some(runtime) = python::ready() else {
-        return refuse(
-            req,
-            &label,
-            HTTP_INTERNAL_SERVER_ERROR,
-            "Python is not available in this process (see the startup errors)",
-        );
-    };
     // SAFETY: the request's server_rec is live, and its config (in the config pool)
     // outlives the request.
     let Some(server_conf) = (unsafe { config::server(req.server()) }) else {
@@ -153,6 +148,49 @@ fn handle(req: Req<'_>) -> c_int {
         Some(on) => on,
         None => core_sendfile(req),
     };
+    let table = daemon_groups::current();
+    let group = match &settings.process_group {
+        Some(name) => match route(req, table, name, &script, &settings.callable) {
+            Ok(group) => Some(group),
+            Err(why) => return refuse(req, &label, HTTP_INTERNAL_SERVER_ERROR, &why),
+        },
+        None if table.restrict_embedded => {
+            return refuse(
+                req,
+                &label,
+                HTTP_INTERNAL_SERVER_ERROR,
+                &format!(
+                    "WSGIRestrictEmbedded On: {shown} is not in a daemon process group \
+                     (give its WSGIScriptAlias process-group=, or set WSGIProcessGroup)"
+                ),
+            )
+        }
+        None => None,
+    };
+    let runtime = match (group, python::ready()) {
+        (Some(_), _) => None,
+        (None, Some(runtime)) => Some(runtime),
+        (None, None) if !table.python => {
+            return refuse(
+                req,
+                &label,
+                HTTP_INTERNAL_SERVER_ERROR,
+                &format!(
+                    "{shown} would run in Apache's own process (embedded mode), but Python is \
+                     not started there: every WSGIScriptAlias is in a daemon process group. \
+                     Put this one in a group too (WSGIProcessGroup, process-group=)"
+                ),
+            )
+        }
+        (None, None) => {
+            return refuse(
+                req,
+                &label,
+                HTTP_INTERNAL_SERVER_ERROR,
+                "Python is not available in this process (see the startup errors)",
+            )
+        }
+    };
     let spec = python::spec(
         PathBuf::from(std::ffi::OsStr::from_bytes(&script)),
         &settings,
@@ -169,16 +207,33 @@ fn handle(req: Req<'_>) -> c_int {
         .table_get(Table::HeadersIn, c"Transfer-Encoding")
         .is_some();
     // Counted as in flight (and watched for WSGIStuckAfter) until `running.end`.
-    let running = crate::status::Running::start(req, &mount, label.clone());
-    // From here until it is retired, the request is shared with whichever thread runs the
-    // app's Python code, through Live only: nothing reads it through `req` meanwhile.
-    let live = Arc::new(Live::new(req.ptr(), sendfile, label));
     // A length to read into one buffer, only when the body is not chunked.
     let declared = if chunked {
         None
     } else {
         request.content_length
     };
+    let Some(runtime) = runtime else {
+        let group = group.expect("a request without Python is in a group");
+        // The app process's own watchdog (request-timeout) reports a stuck request.
+        let running = crate::status::Running::start_unwatched(&mount);
+        let proxied = daemon_proxy::Proxied {
+            app: AppRef {
+                target: spec.target,
+                callable: spec.callable,
+            },
+            request,
+            sendfile,
+            declared,
+        };
+        let status = daemon_proxy::serve(req, group, proxied, label, running.phase());
+        running.end(req, status);
+        return status;
+    };
+    let running = crate::status::Running::start(req, &mount, label.clone());
+    // From here until it is retired, the request is shared with whichever thread runs the
+    // app's Python code, through Live only: nothing reads it through `req` meanwhile.
+    let live = Arc::new(Live::new(req.ptr(), sendfile, label));
     let body = Box::new(ApacheBody::new(live.clone(), declared));
     let sink = Arc::new(ApacheSink::new(live.clone(), running.phase()));
     // ApacheSink::offer waits for the client in send and never says Full (this thread is
@@ -195,14 +250,55 @@ fn handle(req: Req<'_>) -> c_int {
         running.end(req, HTTP_INTERNAL_SERVER_ERROR as c_int);
         return HTTP_INTERNAL_SERVER_ERROR as c_int;
     };
-    let status = match (state.finish, state.read_error) {
-        (Some(Finish::Fail(_)), Some(status)) if !state.passed => status,
-        (Some(Finish::Fail(status)), _) if !state.passed => c_int::from(status),
-        (None, _) if !state.passed => HTTP_INTERNAL_SERVER_ERROR as c_int,
-        _ => OK as c_int,
-    };
+    let status = outcome(&state);
     running.end(req, status);
     status
+}
+
+/// The handler's status once the response is over: OK when it went out (whole or cut),
+/// else the app's failure status, or httpd's for a body it refused (413, 400...).
+pub fn outcome(state: &State) -> c_int {
+    match (state.finish, state.read_error) {
+        (Some(Finish::Fail(_)), Some(status)) if !state.passed => status,
+        (Some(Finish::Fail(status)), _) if !state.passed => c_int::from(status),
+        (None, Some(status)) if !state.passed => status,
+        (None, _) if !state.passed => HTTP_INTERNAL_SERVER_ERROR as c_int,
+        _ => OK as c_int,
+    }
+}
+
+/// The daemon process group a request names, if this server may use it and it runs the
+/// request's script; else why not, for the log.
+fn route<'t>(
+    req: Req<'_>,
+    table: &'t daemon_groups::Table,
+    name: &str,
+    script: &[u8],
+    callable: &str,
+) -> Result<&'t daemon_groups::Group, String> {
+    let Some(group) = table.group(name) else {
+        return Err(format!(
+            "no WSGIDaemonProcess defines a process group named \"{name}\" (named by \
+             WSGIProcessGroup or process-group= for this request)"
+        ));
+    };
+    let host = req.server_hostname().map(String::from_utf8_lossy);
+    if !group.home.allows(host.as_deref()) {
+        return Err(format!(
+            "daemon process group {name} is defined in another virtual host and cannot be \
+             used by this one"
+        ));
+    }
+    let target = AppTarget::Script(PathBuf::from(std::ffi::OsStr::from_bytes(script)));
+    if !group.runs(&target, callable) {
+        return Err(format!(
+            "{} (callable {callable}) is not one of the applications of daemon process group \
+             {name}: a group runs the WSGIScriptAlias scripts configured for it when Apache \
+             started",
+            String::from_utf8_lossy(script)
+        ));
+    }
+    Ok(group)
 }
 
 /// httpd's own EnableSendfile for the request's directory.

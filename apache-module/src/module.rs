@@ -151,9 +151,10 @@ unsafe fn string_name<'a>(cmd: *const command_rec) -> Option<&'a [u8]> {
 }
 
 /// Runs after the configuration is read, also for `apache2 -t`: refuses to run next to
-/// mod_wsgi (both would own the one CPython of each process).
+/// mod_wsgi (both would own the one CPython of each process), and checks what daemon
+/// mode needs the whole configuration for (groups used and defined, the program).
 unsafe extern "C" fn check_config(
-    _pconf: *mut apr_pool_t,
+    pconf: *mut apr_pool_t,
     _plog: *mut apr_pool_t,
     _ptemp: *mut apr_pool_t,
     s: *mut server_rec,
@@ -162,7 +163,8 @@ unsafe extern "C" fn check_config(
         "check_config",
         HTTP_INTERNAL_SERVER_ERROR as c_int,
         || match other_wsgi_module() {
-            None => OK as c_int,
+            // SAFETY: pconf and s are the configuration pool and main server httpd passes.
+            None => unsafe { check_daemon_config(pconf, s) },
             Some(other) => {
                 // SAFETY: s is the main server httpd passes in.
                 unsafe {
@@ -182,15 +184,44 @@ unsafe extern "C" fn check_config(
     )
 }
 
+/// Daemon mode's whole-configuration checks (daemon_conf::check), logged on failure.
+///
+/// # Safety
+/// `pconf` is the live configuration pool and `s` the configured main server.
+unsafe fn check_daemon_config(pconf: *mut apr_pool_t, s: *mut server_rec) -> c_int {
+    // SAFETY: s is the main server heading the configured list (the contract).
+    let blocks = unsafe { crate::daemon_conf::blocks(s) };
+    // SAFETY: as above.
+    let Some(main) = (unsafe { config::server(s) }) else {
+        return OK as c_int;
+    };
+    // SAFETY: pconf is live.
+    let dir = unsafe { crate::daemon_conf::supervisor_dir(pconf, main) };
+    match crate::daemon_conf::check(&blocks, main, &dir) {
+        Ok(()) => OK as c_int,
+        Err(why) => {
+            // SAFETY: s is live.
+            unsafe { log::server(s, Level::Error, &why) };
+            HTTP_INTERNAL_SERVER_ERROR as c_int
+        }
+    }
+}
+
 unsafe extern "C" fn post_config(
     pconf: *mut apr_pool_t,
     _plog: *mut apr_pool_t,
     _ptemp: *mut apr_pool_t,
     s: *mut server_rec,
 ) -> c_int {
-    guard("post_config", OK as c_int, || {
+    guard("post_config", HTTP_INTERNAL_SERVER_ERROR as c_int, || {
         // SAFETY: pconf is the live configuration pool httpd passes in.
         unsafe { add_version_component(pconf) };
+        // SAFETY: pconf and s are what post_config receives, in the parent.
+        if let Err(why) = unsafe { crate::daemon_start::post_config(pconf, s) } {
+            // SAFETY: s is the live main server.
+            unsafe { log::server(s, Level::Error, &format!("daemon mode cannot start: {why}")) };
+            return HTTP_INTERNAL_SERVER_ERROR as c_int;
+        }
         // SAFETY: as above, in the parent before it forks; s is the main server.
         unsafe { crate::status::create_shared(pconf, s) };
         let mut server = s as *const server_rec;
@@ -211,8 +242,9 @@ unsafe extern "C" fn post_config(
                     s,
                     Level::Info,
                     "every WSGI application group runs in the main Python interpreter \
-                     (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are not supported yet, \
-                     so applications in different groups share modules and sys.path",
+                     of its process (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are \
+                     not supported yet, so applications of one process share modules and sys.path \
+                     (a daemon process group per application keeps them apart)",
                 )
             };
         }
@@ -237,6 +269,7 @@ unsafe fn add_version_component(pconf: *mut apr_pool_t) {
 unsafe extern "C" fn child_init(p: *mut apr_pool_t, s: *mut server_rec) {
     // SAFETY: called by httpd once in each new child process, before request threads.
     guard("child_init", (), || unsafe {
+        crate::daemon_start::child_init();
         crate::python::child_init(p, s)
     })
 }

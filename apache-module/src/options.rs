@@ -92,19 +92,21 @@ pub fn parse_flag(name: &str, value: &str) -> Result<bool, String> {
     }
 }
 
-pub const DAEMON_MODE_UNSUPPORTED: &str = "daemon mode is not supported by mod_rwsgi yet: \
-     applications run embedded in Apache's worker processes. Remove WSGIDaemonProcess and \
-     WSGIProcessGroup (and process-group= options), or keep mod_wsgi for this site";
-
-/// A process group: only `%{GLOBAL}` (embedded mode) is possible here.
+/// A process group as written: `%{GLOBAL}` (embedded mode) or the name of a
+/// WSGIDaemonProcess group (whether one is defined is checked once the whole
+/// configuration is read). mod_wsgi's computed names (`%{ENV:...}`, `%{RESOURCE}`...) are
+/// refused: the apps a group may run are fixed when Apache starts.
 pub fn check_process_group(value: &str) -> Result<(), String> {
     if value == "%{GLOBAL}" {
-        Ok(())
-    } else {
-        Err(format!(
-            "process group \"{value}\": {DAEMON_MODE_UNSUPPORTED}"
-        ))
+        return Ok(());
     }
+    if value.starts_with("%{") {
+        return Err(format!(
+            "process group \"{value}\": computed process group names are not supported by \
+             mod_rwsgi yet; name a WSGIDaemonProcess group or use %{{GLOBAL}}"
+        ));
+    }
+    rwsgi::daemon::group::check_group_name(value)
 }
 
 /// An application group: a literal name or one of mod_wsgi's `%{...}` forms.
@@ -218,9 +220,11 @@ mod tests {
         assert!(!parse_flag("X", "OFF").unwrap());
         assert!(parse_flag("X", "yes").is_err());
         assert!(check_process_group("%{GLOBAL}").is_ok());
-        assert!(check_process_group("site")
+        assert!(check_process_group("site-1.example").is_ok());
+        assert!(check_process_group("%{ENV:GROUP}")
             .unwrap_err()
-            .contains("daemon mode is not supported"));
+            .contains("computed process group names are not supported"));
+        assert!(check_process_group("a/b").is_err());
         for ok in [
             "%{GLOBAL}",
             "%{RESOURCE}",

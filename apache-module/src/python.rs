@@ -77,6 +77,21 @@ pub unsafe fn child_init(pool: *mut apr_pool_t, s: *mut server_rec) {
     };
     // SAFETY: s is the live main server, pool the child's, once per child (the contract).
     unsafe { crate::status::child_init(pool, s, main.stuck_after) };
+    if !crate::daemon_groups::current().python {
+        let _ = READY.set(None);
+        let why = if main.restrict_embedded {
+            "WSGIRestrictEmbedded On"
+        } else {
+            "every application runs in a daemon process group"
+        };
+        let message = format!(
+            "Python is not started in process {} ({why})",
+            std::process::id()
+        );
+        // SAFETY: s is live.
+        unsafe { log::server(s, Level::Info, &message) };
+        return;
+    }
     let home = main.python_home.as_deref();
     match Runtime::start(home, mpm_traits()) {
         Ok(runtime) => {
@@ -116,7 +131,7 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
         let (conf, defaults) =
             unsafe { (config::server(server), config::server_dir_defaults(server)) };
         if let Some(conf) = conf {
-            for import in &conf.imports {
+            for import in conf.imports.iter().filter(|i| i.process_group.is_none()) {
                 // SAFETY: the directory defaults' strings are NULL or config-pool copies
                 // made by their directives.
                 let settings = unsafe { Effective::resolve(&defaults, None) };
@@ -124,7 +139,15 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
                 let script = spec(PathBuf::from(&import.path), &settings, conf);
                 scripts.push((script, group, None));
             }
-            for alias in conf.aliases.iter().filter(|a| a.options.preload) {
+            // Preloaded where they run: those in a daemon process group by their group.
+            let embedded =
+                |a: &&config::Alias| a.options.process_group.as_deref() == Some(config::EMBEDDED);
+            for alias in conf
+                .aliases
+                .iter()
+                .filter(|a| a.options.preload)
+                .filter(embedded)
+            {
                 // SAFETY: as above.
                 let settings = unsafe { Effective::resolve(&defaults, Some(&alias.options)) };
                 let mount = match &alias.pattern {

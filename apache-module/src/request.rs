@@ -165,7 +165,8 @@ fn extras(
         extra(&mut x, "AUTH_TYPE", auth_type);
     }
     let group = application_group(req, &settings.application_group, target.script_name);
-    extra(&mut x, "mod_wsgi.process_group", b"");
+    let process_group = settings.process_group.as_deref().unwrap_or_default();
+    extra(&mut x, "mod_wsgi.process_group", process_group.as_bytes());
     extra(&mut x, "mod_wsgi.application_group", &group);
     extra(
         &mut x,

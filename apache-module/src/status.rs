@@ -318,6 +318,24 @@ impl Running {
         self.phase.clone()
     }
 
+    /// Counted like [`Running::start`], but not watched: for a request proxied to a
+    /// daemon process group, whose app process reports its own stuck requests
+    /// (request-timeout) with their stacks. It waits (the gauges) until its app process
+    /// says it runs it (daemon_proxy.rs forwards the engine's stages).
+    pub fn start_unwatched(app: &str) -> Running {
+        static NEXT: AtomicU64 = AtomicU64::new(u64::MAX / 2);
+        let counters = app_metrics(app);
+        if let Some(c) = counters {
+            c.start();
+        }
+        Running {
+            key: NEXT.fetch_add(1, Ordering::Relaxed),
+            app: counters,
+            started: Instant::now(),
+            phase: Arc::new(Phase::waiting(counters)),
+        }
+    }
+
     /// The app returned: counts how the request ended.
     pub fn end(mut self, req: Req<'_>, status: c_int) {
         let Some(app) = self.app.take() else { return };

@@ -162,6 +162,7 @@ fn serving_thread(served: &Served, lifecycle: &Lifecycle, hand_off: &HandOff) {
             }
         };
         serve(conn, served, lifecycle);
+        lifecycle.connection_closed();
     }
 }
 
@@ -186,6 +187,7 @@ fn accept_loop(listener: &UnixListener, lifecycle: &Lifecycle, hand_off: &HandOf
                 if conn.set_nonblocking(false).is_err() {
                     continue;
                 }
+                lifecycle.connection_accepted();
                 let mut state = hand_off.lock();
                 state.idle -= 1;
                 state.accepted.push_back(conn);
@@ -199,6 +201,7 @@ fn accept_loop(listener: &UnixListener, lifecycle: &Lifecycle, hand_off: &HandOf
             }
         }
     }
+    lifecycle.accept_stopped();
 }
 
 /// True when a connection waits on `listener` (within `ms` milliseconds).

@@ -13,7 +13,7 @@ use crate::socket_sink::SocketSink;
 use rwsgi::daemon::GroupSpec;
 use rwsgi::{AppSpec, AppTarget, Runtime};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -67,6 +67,14 @@ pub struct Lifecycle {
     group: GroupSpec,
     started: Instant,
     stopping: AtomicBool,
+    /// Set by the accepting thread once it has left its loop: no connection can be
+    /// taken off the backlog any more.
+    accept_stopped: AtomicBool,
+    /// Connections accepted and not yet closed, counted from `accept`: a connection
+    /// whose REQUEST is not read yet is not in `in_flight`, and exiting then would reset
+    /// it (the server worker would see a failed request).
+    connections: AtomicUsize,
+    /// Connections taken, for maximum-requests.
     served: AtomicU64,
     last_request: Mutex<Instant>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
@@ -89,6 +97,8 @@ impl Lifecycle {
             group: group.clone(),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
+            accept_stopped: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             last_request: Mutex::new(Instant::now()),
             in_flight: Mutex::new(HashMap::new()),
@@ -100,6 +110,28 @@ impl Lifecycle {
     /// False once the process recycles: take no more connections.
     pub fn accepting(&self) -> bool {
         !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The accepting thread took a connection off the backlog. maximum-requests counts
+    /// here (each connection carries one request), before the next accept: counted when
+    /// a request finishes, a process would take more while its last ones are finishing.
+    pub fn connection_accepted(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        let taken = self.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let max = self.group.maximum_requests;
+        if max > 0 && taken >= max {
+            self.stop(&format!("took maximum-requests={max}"));
+        }
+    }
+
+    /// A serving thread is done with a connection.
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The accepting thread left its loop.
+    pub fn accept_stopped(&self) {
+        self.accept_stopped.store(true, Ordering::SeqCst);
     }
 
     fn stop(&self, why: &str) {
@@ -131,11 +163,6 @@ impl Lifecycle {
     pub fn finish(&self, id: u64) {
         self.lock_in_flight().remove(&id);
         *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let served = self.served.fetch_add(1, Ordering::SeqCst) + 1;
-        let max = self.group.maximum_requests;
-        if max > 0 && served >= max {
-            self.stop(&format!("served maximum-requests={max}"));
-        }
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
@@ -156,8 +183,11 @@ impl Lifecycle {
             let deadline = *drain_deadline.get_or_insert_with(|| {
                 Instant::now() + Duration::from_secs(self.group.graceful_timeout)
             });
-            let left = self.lock_in_flight().len();
-            if left == 0 {
+            let left = self
+                .lock_in_flight()
+                .len()
+                .max(self.connections.load(Ordering::SeqCst));
+            if left == 0 && self.accept_stopped.load(Ordering::SeqCst) {
                 return;
             }
             if Instant::now() >= deadline {

@@ -24,7 +24,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: rwsgi-daemon supervise --dir DIR [--detach] [--standalone]\n       \
+                "usage: rwsgi-daemon supervise --dir DIR [--detach] [--standalone [--config FILE]]\n       \
                  (app processes are started by the supervisor: rwsgi-daemon app)"
             );
             2

@@ -5,6 +5,10 @@
 //! from finishing it meanwhile (ThreadSide::while_live) — the app may keep wsgi.input
 //! after its request. A temp file is read through a
 //! duplicate of its descriptor, which stays valid whatever nginx does.
+//!
+//! In daemon mode the same reader answers an app process's READ frames, on the event loop
+//! itself (daemon_client.rs): there is no thread side then, and the request is live
+//! whenever the loop reads.
 
 use crate::exchange::ThreadSide;
 use ngx::ffi::*;
@@ -28,12 +32,14 @@ enum Segment {
 pub struct NginxBody {
     segments: VecDeque<Segment>,
     remaining: u64,
-    side: ThreadSide,
+    /// The Python thread's side of the request; None when read on the event loop.
+    side: Option<ThreadSide>,
 }
 
 // SAFETY: the raw pointers point into the request pool, which is only freed after the
-// loop has finished the request; reads run under ThreadSide::while_live, which fails once
-// it has and keeps it from finishing meanwhile.
+// loop has finished the request; reads off the loop run under ThreadSide::while_live,
+// which fails once it has and keeps it from finishing meanwhile (a body without a side is
+// only read on the loop, while its request is live).
 unsafe impl Send for NginxBody {}
 
 impl NginxBody {
@@ -41,10 +47,11 @@ impl NginxBody {
     ///
     /// # Safety
     /// r is a live request whose body nginx has finished reading (we are in the body
-    /// post-handler, on the event loop thread), and `side` belongs to it.
+    /// post-handler, on the event loop thread), and `side` belongs to it. Without a side,
+    /// the body is read only on the event loop and only while r is live.
     pub unsafe fn capture(
         r: *mut ngx_http_request_t,
-        side: ThreadSide,
+        side: Option<ThreadSide>,
     ) -> io::Result<(NginxBody, u64)> {
         let mut segments = VecDeque::new();
         let mut total = 0u64;
@@ -94,18 +101,24 @@ impl NginxBody {
     fn read_segment(
         segment: &mut Segment,
         buf: &mut [u8],
-        side: &ThreadSide,
+        side: Option<&ThreadSide>,
     ) -> io::Result<(usize, bool)> {
         match segment {
             Segment::Memory(start, len, pos) => {
                 let n = buf.len().min(*len - *pos);
-                side.while_live(|| {
+                let mut copy = || {
                     // SAFETY: start..start+len is a body buffer in the request pool, alive
-                    // while the request is not finished (while_live).
+                    // while the request is not finished: while_live holds the loop off, or
+                    // this runs on the loop with the request live (capture's contract).
                     let src = unsafe { std::slice::from_raw_parts(start.add(*pos), n) };
                     buf[..n].copy_from_slice(src);
-                })
-                .ok_or_else(|| io::Error::other("the request is over; its body is gone"))?;
+                };
+                match side {
+                    Some(side) => side
+                        .while_live(copy)
+                        .ok_or_else(|| io::Error::other("the request is over; its body is gone"))?,
+                    None => copy(),
+                }
                 *pos += n;
                 Ok((n, *pos == *len))
             }
@@ -128,7 +141,7 @@ impl NginxBody {
 impl BodyReader for NginxBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(segment) = self.segments.front_mut() {
-            let (n, done) = Self::read_segment(segment, buf, &self.side)?;
+            let (n, done) = Self::read_segment(segment, buf, self.side.as_ref())?;
             if done {
                 self.segments.pop_front();
             }

@@ -3,6 +3,7 @@
 //! names the file and line); a missing app file is only a warning there, because the file
 //! may appear before the workers start, and a 500 with a logged reason later.
 
+use crate::daemon_conf::{self, DaemonConf, GroupChoice};
 use crate::handler::wsgi_content_handler;
 use crate::{no_unwind, Module, Site};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
@@ -43,6 +44,8 @@ pub struct MainConf {
     pub mounts: Vec<(String, AppSpec)>,
     /// `$request_id`'s index, for the label of a request's log lines (log.rs).
     pub request_id_index: Option<usize>,
+    /// Daemon process groups (`wsgi_daemon` and friends, daemon_conf.rs).
+    pub daemon: DaemonConf,
 }
 
 /// One `wsgi_param NAME VALUE;` with VALUE compiled (it may hold variables).
@@ -67,6 +70,11 @@ pub struct LocConf {
     pub metrics_name: String,
     /// `wsgi_status`: the location is the status page.
     pub status: bool,
+    /// `wsgi_process_group`, as written here or inherited.
+    pub process_group: Option<GroupChoice>,
+    /// The daemon group (its index in DaemonConf) this location's app runs in; None:
+    /// embedded, in the worker.
+    pub daemon: Option<usize>,
     /// Its counters, looked up once per worker (the conf is the worker's own copy).
     metrics: std::sync::OnceLock<Option<&'static rwsgi::metrics::AppCounters>>,
 }
@@ -137,7 +145,9 @@ const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CON
 const LOC_OFFSET: usize = NGX_HTTP_LOC_CONF_OFFSET;
 const MAIN_OFFSET: usize = NGX_HTTP_MAIN_CONF_OFFSET;
 
-pub static mut COMMANDS: [ngx_command_t; 11] = [
+const MAIN: u32 = NGX_HTTP_MAIN_CONF;
+
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     command(c"wsgi_app", LOC | NGX_CONF_TAKE1, set_app, LOC_OFFSET),
     command(
         c"wsgi_callable",
@@ -192,6 +202,30 @@ pub static mut COMMANDS: [ngx_command_t; 11] = [
         LOC | NGX_CONF_NOARGS,
         set_status,
         LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_daemon",
+        MAIN | NGX_CONF_1MORE,
+        daemon_conf::set_daemon,
+        MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_process_group",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        daemon_conf::set_process_group,
+        LOC_OFFSET,
+    ),
+    command(
+        c"wsgi_socket_prefix",
+        MAIN | NGX_CONF_TAKE1,
+        daemon_conf::set_socket_prefix,
+        MAIN_OFFSET,
+    ),
+    command(
+        c"wsgi_daemon_program",
+        MAIN | NGX_CONF_TAKE1,
+        daemon_conf::set_daemon_program,
+        MAIN_OFFSET,
     ),
     ngx_command_t::empty(),
 ];
@@ -577,6 +611,9 @@ pub unsafe extern "C" fn merge_loc_conf(
         if lc.python_path.is_none() {
             lc.python_path = prev.python_path.clone();
         }
+        if lc.process_group.is_none() {
+            lc.process_group = prev.process_group.clone();
+        }
         if lc.params.is_none() {
             lc.params = prev.params.as_ref().map(|v| {
                 v.iter()
@@ -586,6 +623,17 @@ pub unsafe extern "C" fn merge_loc_conf(
                     })
                     .collect()
             });
+        }
+        // Every wsgi_daemon is read by now: merging runs at the end of the http block.
+        // SAFETY: cf is live and its ctx the http conf context (the contract above).
+        if let Some(mc) = Module::main_conf(unsafe { &*cf }) {
+            lc.daemon = match daemon_conf::resolve(lc.process_group.as_ref(), &mc.daemon) {
+                Ok(group) => group,
+                Err(e) => {
+                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
+                    return NGX_CONF_ERROR;
+                }
+            };
         }
         let Some(value) = lc.app_value.clone() else {
             return NGX_CONF_OK;
@@ -614,8 +662,13 @@ pub unsafe extern "C" fn merge_loc_conf(
         };
         // SAFETY: cf is live and its ctx the http conf context (the contract above).
         if let Some(mc) = Module::main_conf_mut(unsafe { &*cf }) {
-            if !mc.apps.contains(&spec) {
-                mc.apps.push(spec.clone());
+            // A worker imports only the embedded apps; a group's processes import its own.
+            let apps = match lc.daemon {
+                Some(i) => &mut mc.daemon.groups[i].apps,
+                None => &mut mc.apps,
+            };
+            if !apps.contains(&spec) {
+                apps.push(spec.clone());
             }
             if !mc.mounts.iter().any(|(name, _)| *name == lc.metrics_name) {
                 mc.mounts.push((lc.metrics_name.clone(), spec.clone()));

@@ -37,9 +37,9 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Bytes the app may have waiting for the client before it pauses.
-const HIGH_WATER: usize = 256 * 1024;
+pub const HIGH_WATER: usize = 256 * 1024;
 /// A paused stream goes on when no more than this is still waiting.
-const LOW_WATER: usize = 64 * 1024;
+pub const LOW_WATER: usize = 64 * 1024;
 /// What a body part weighs at least in the window: its event, its buffer and chain link in
 /// nginx and its allocation take about this much whatever its length.
 const EVENT_COST: usize = 256;

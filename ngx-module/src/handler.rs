@@ -7,6 +7,7 @@
 use crate::body::NginxBody;
 use crate::config::{location_conf, LocConf};
 use crate::output::RequestCtx;
+use crate::producer::Producer;
 use crate::{exchange, no_unwind, thread, worker, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
@@ -74,6 +75,10 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     };
     // SAFETY: r is live, on the event loop (caller).
     let label = unsafe { crate::log::request_label(r, &lc.metrics_name) };
+    if let Some(group) = lc.daemon {
+        // SAFETY: as for this function.
+        return unsafe { crate::daemon_client::start(r, lc, &spec, group, label) };
+    }
     let Some(worker) = worker::get() else {
         // SAFETY: log is the live connection's, on the event loop.
         unsafe {
@@ -90,7 +95,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     // the request pool; the thread's goes with the job (thread.rs).
     let (thread_side, loop_side) = exchange::pair(label, lc.app_metrics());
     // SAFETY: r is live, on the event loop (caller).
-    let ctx = unsafe { RequestCtx::install(r, loop_side) }
+    let ctx = unsafe { RequestCtx::install(r, Producer::Thread(loop_side)) }
         .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
     // SAFETY: as above; ctx is r's context.
     if !unsafe { crate::shutdown::watch(r, ctx) } {
@@ -98,7 +103,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     }
 
     // SAFETY: r's body is read (caller), and thread_side is its request's.
-    let captured = unsafe { NginxBody::capture(r, thread_side.clone()) };
+    let captured = unsafe { NginxBody::capture(r, Some(thread_side.clone())) };
     let (body, body_len) = captured.map_err(|e| {
         let label = thread_side.label();
         let message = format!("cannot read the request body: {e}");
@@ -131,7 +136,7 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     }
     // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on
     // the event loop.
-    unsafe { (*ctx.as_ptr()).lend_to_thread(worker.stuck_after, lc.app_metrics()) };
+    unsafe { (*ctx.as_ptr()).lend(worker.stuck_after, lc.app_metrics()) };
     // SAFETY: on the event loop.
     unsafe { worker::wake_pool_soon() };
     Ok(())
@@ -143,7 +148,7 @@ fn bytes(s: &ngx_str_t) -> Vec<u8> {
 
 /// # Safety
 /// r is live and on the event loop.
-unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
+pub unsafe fn build_request(r: *mut ngx_http_request_t, lc: &LocConf, body_len: u64) -> Request {
     // wsgi_param values first: evaluating them may fill r's variable cache.
     let mut params = Vec::new();
     for param in lc.params.iter().flatten() {

@@ -9,6 +9,9 @@
 //! - Python thread: thread.rs (the job and the engine's sink), body.rs (request body);
 //! - between them: exchange.rs (the shared state), bridge.rs (thread-to-loop wake-up);
 //! - process: config.rs (directives), worker.rs (per-worker start-up);
+//! - daemon mode: daemon_conf.rs (process groups, the supervisor from the master),
+//!   daemon_client.rs (a request proxied to a group's app process on the event loop),
+//!   producer.rs (who writes a request's response: a Python thread or an app process);
 //! - the status page: status.rs (`wsgi_status`, counters in a shared zone);
 //! - tests only: fault.rs (panics injected on the loop side, cargo feature
 //!   `fault-injection`).
@@ -19,12 +22,15 @@
 mod body;
 mod bridge;
 mod config;
+mod daemon_client;
+mod daemon_conf;
 mod exchange;
 mod fault;
 mod handler;
 mod headers;
 mod log;
 mod output;
+mod producer;
 mod shutdown;
 mod status;
 mod thread;
@@ -69,7 +75,27 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(config::merge_loc_conf),
 };
 
-ngx::ngx_modules!(ngx_http_rwsgi_module);
+// What nginx's load_module reads: this file's modules, their names, no ordering
+// constraint. (Written out: ngx 0.5's ngx_modules! macro miscounts more than one module.)
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+    ptr::addr_of!(ngx_http_rwsgi_module),
+    ptr::addr_of!(ngx_rwsgi_daemon_module),
+    ptr::null(),
+];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const std::ffi::c_char; 3] = [
+    c"ngx_http_rwsgi_module".as_ptr(),
+    c"ngx_rwsgi_daemon_module".as_ptr(),
+    ptr::null(),
+];
+
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const std::ffi::c_char; 1] = [ptr::null()];
 
 #[used]
 #[allow(non_upper_case_globals)]
@@ -79,20 +105,75 @@ pub static mut ngx_http_rwsgi_module: ngx_module_t = ngx_module_t {
     // COMMANDS is a static array nginx only reads.
     commands: ptr::addr_of_mut!(config::COMMANDS) as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as _,
+    init_module: Some(init_module),
     init_process: Some(init_process),
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
+/// A second, core module in the same file: only for its `init_conf` hook, which runs in
+/// the master while nginx can still refuse a reload (daemon_conf.rs).
+static mut DAEMON_CTX: ngx_core_module_t = ngx_core_module_t {
+    name: ngx_str_t {
+        len: c"rwsgi_daemon".count_bytes(),
+        data: c"rwsgi_daemon".as_ptr() as *mut u8,
+    },
+    create_conf: None,
+    init_conf: Some(daemon_conf::init_conf),
+};
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static mut ngx_rwsgi_daemon_module: ngx_module_t = ngx_module_t {
+    // DAEMON_CTX is a static nginx only reads.
+    ctx: ptr::addr_of_mut!(DAEMON_CTX) as _,
+    type_: NGX_CORE_MODULE as _,
+    ..ngx_module_t::default()
+};
+
+/// Runs in the master once the config is in place (and under `nginx -t`): at the first
+/// start, starts or adopts the supervisor of the daemon process groups. Failing here
+/// makes nginx exit, which is right only at the first start (daemon_conf.rs).
+extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    no_unwind(Site::PROCESS, "init_module", NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes its live cycle, on the master's thread.
+        match unsafe { daemon_conf::apply_at_start(cycle) } {
+            Ok(()) => NGX_OK as ngx_int_t,
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe {
+                    crate::log::write_at(
+                        (*cycle).log,
+                        NGX_LOG_EMERG,
+                        &rwsgi::LogLabel::process(),
+                        format_args!("daemon mode: {}; nginx does not start", e,),
+                    );
+                };
+                NGX_ERROR as ngx_int_t
+            }
+        }
+    })
+}
+
 /// Runs in each worker after fork: Python starts here, never in the master.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     no_unwind(Site::PROCESS, "init_process", (), || {
+        // The supervisor's control connections are the master's alone: a worker runs as
+        // the server's user and must not be able to command it. (Without a master, this
+        // process is the one that holds them.)
+        // SAFETY: ngx_process is only written on this thread.
+        if unsafe { ngx_process } != NGX_PROCESS_SINGLE as ngx_uint_t {
+            rwsgi::daemon::control::close_lifelines_after_fork();
+        }
         // SAFETY: nginx passes its live cycle, whose conf holds our MainConf.
         let Some(mc) = Module::main_conf(unsafe { &*cycle }) else {
             return;
         };
         // SAFETY: once per worker, from init_process, with the zones mapped.
         unsafe { worker::attach_metrics(mc) };
+        // Only embedded apps are in mc.apps: a worker whose locations all run in daemon
+        // groups never starts Python.
         if !mc.apps.is_empty() {
             // SAFETY: nginx calls init_process once per worker, on its event-loop thread.
             unsafe { worker::start(cycle, mc) };

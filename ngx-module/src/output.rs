@@ -6,7 +6,7 @@
 //! (exchange::LoopSide). Every function here runs on the event-loop thread.
 //!
 //! One request: the handler installs the context and lends the request to the thread
-//! ([`RequestCtx::install`], [`RequestCtx::lend_to_thread`]); each batch the thread queues
+//! ([`RequestCtx::install`], [`RequestCtx::lend`]); each batch the thread queues
 //! comes through the bridge to [`pump`], which writes it ([`RequestCtx::write_batch`]);
 //! a slow client is waited for in [`on_write`], which acknowledges sent bytes so the
 //! thread goes on; the final event ends in [`finish`].
@@ -16,9 +16,10 @@
 //! (ngx_chain_get_free_buf / ngx_chain_update_chains): a long stream costs the buffers
 //! in flight, not one per chunk it ever sent.
 
-use crate::exchange::{cost, LoopSide, Ready};
+use crate::exchange::{cost, Ready};
 use crate::fault::{Fault, Point};
 use crate::headers::set_response_head;
+use crate::producer::Producer;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
@@ -41,7 +42,8 @@ type PendingStack = mpsc::Receiver<Result<Option<String>, String>>;
 /// Loop-side state of one request, owned by the request pool (freed with the request).
 pub struct RequestCtx {
     r: *mut ngx_http_request_t,
-    exchange: LoopSide,
+    /// Who writes the response: a Python thread (through the exchange) or an app process.
+    producer: Producer,
     /// Non-cancelable timer while the thread owns the request: a worker told to quit
     /// (reload, `nginx -s quit`) waits for timers, so in-flight requests finish.
     guard: ngx_event_t,
@@ -77,17 +79,19 @@ pub struct RequestCtx {
 pub struct Released {
     /// The pool thread still running the request's Python work, if one is.
     pub python_thread: Option<u64>,
+    /// The daemon group the request was proxied to, if it was.
+    pub group: Option<String>,
 }
 
 impl RequestCtx {
     /// Creates `r`'s context, stores it in r->ctx and has the request pool free it; binds
-    /// it to its exchange. None if the pool is out of memory.
+    /// it to its producer. None if the pool is out of memory.
     ///
     /// # Safety
     /// r is a live request of this module's location; on the event loop.
     pub unsafe fn install(
         r: *mut ngx_http_request_t,
-        exchange: LoopSide,
+        producer: Producer,
     ) -> Option<NonNull<RequestCtx>> {
         // SAFETY: r is live (caller), so is its pool.
         let cln = unsafe { ngx_pool_cleanup_add((*r).pool, 0) };
@@ -96,7 +100,7 @@ impl RequestCtx {
         }
         let ctx = RequestCtx {
             r,
-            exchange,
+            producer,
             // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
             guard: unsafe { std::mem::zeroed() },
             blocked: false,
@@ -115,12 +119,13 @@ impl RequestCtx {
             fault: unsafe { Fault::of(r) },
         };
         // Every pointer to the context handed out (r->ctx, the cleanup, the guard timer,
-        // the exchange's token) is this one.
+        // the exchange's token, the app connection's events) is this one.
         let ctx = NonNull::from(Box::leak(Box::new(ctx)));
         let data = ctx.as_ptr() as *mut c_void;
         // SAFETY: cln is a fresh cleanup of r's pool; r->ctx has a slot per module; ctx
-        // stays where it is (leaked box) until free_ctx, which drops its LoopSide and so
-        // clears the token bind registers.
+        // stays where it is (leaked box) until free_ctx, which drops its producer: a
+        // LoopSide clears the token bind registers, an AppConn closes its connection and
+        // timers, so nothing points at ctx after it.
         unsafe {
             (*cln).handler = Some(free_ctx);
             (*cln).data = data;
@@ -129,18 +134,21 @@ impl RequestCtx {
             guard.handler = Some(on_guard);
             guard.data = data;
             guard.log = (*(*r).connection).log;
-            ctx.as_ref().exchange.bind(ctx);
+            match &mut (*ctx.as_ptr()).producer {
+                Producer::Thread(side) => side.bind(ctx),
+                Producer::Daemon(conn) => conn.bind(ctx, (*(*r).connection).log),
+            }
         }
         Some(ctx)
     }
 
-    /// The thread owns the request from now on: `blocked` stops nginx from freeing it
-    /// (client abort, timeouts), the guard timer keeps a quitting worker alive, and the
-    /// read handler notices a client that disconnects.
+    /// The producer (a thread or an app process) owns the request from now on: `blocked`
+    /// stops nginx from freeing it (client abort, timeouts), the guard timer keeps a
+    /// quitting worker alive, and the read handler notices a client that disconnects.
     ///
     /// # Safety
     /// self.r is live; on the event loop.
-    pub unsafe fn lend_to_thread(&mut self, stuck_after: u64, app: Option<&'static AppCounters>) {
+    pub unsafe fn lend(&mut self, stuck_after: u64, app: Option<&'static AppCounters>) {
         let r = self.r;
         self.stuck_after = Duration::from_secs(stuck_after.max(1));
         self.next_report = self.stuck_after;
@@ -197,7 +205,7 @@ impl RequestCtx {
 
     /// The label of the request's log lines (log.rs).
     pub fn label(&self) -> &LogLabel {
-        self.exchange.label()
+        self.producer.label()
     }
 
     /// How long ago the handler took the request.
@@ -209,9 +217,17 @@ impl RequestCtx {
         self.r
     }
 
-    /// The thread owns the request (lent and not released yet).
+    /// The producer owns the request (lent and not released yet).
     pub fn held_by_thread(&self) -> bool {
         self.blocked
+    }
+
+    /// The app connection of a request proxied to a daemon group.
+    pub fn app_conn(&mut self) -> Option<&mut crate::daemon_client::AppConn> {
+        match &mut self.producer {
+            Producer::Daemon(conn) => Some(conn),
+            Producer::Thread(_) => None,
+        }
     }
 
     /// Takes the request out of the thread's hands: nothing more from the exchange reaches
@@ -230,7 +246,8 @@ impl RequestCtx {
         // SAFETY: r is live (caller).
         unsafe { self.account(None) };
         self.stack = None;
-        let python_thread = self.exchange.finish();
+        let group = self.producer.group().map(str::to_string);
+        let python_thread = self.producer.finish();
         if self.blocked {
             // SAFETY: r is live (caller), so is its main request.
             unsafe {
@@ -240,10 +257,13 @@ impl RequestCtx {
             self.blocked = false;
         }
         if self.guard.timer_set() != 0 {
-            // SAFETY: the guard's timer is armed (lend_to_thread) and ctx is live.
+            // SAFETY: the guard's timer is armed (lend) and ctx is live.
             unsafe { ngx_del_timer(&mut self.guard) };
         }
-        Some(Released { python_thread })
+        Some(Released {
+            python_thread,
+            group,
+        })
     }
 
     /// Logs the thread's lines and writes its events. Some(rc) when the batch held the
@@ -251,7 +271,7 @@ impl RequestCtx {
     ///
     /// # Safety
     /// self.r is live and the request not released; on the event loop.
-    unsafe fn write_batch(
+    pub unsafe fn write_batch(
         &mut self,
         logs: Vec<(LogLevel, String)>,
         events: Vec<OutputEvent>,
@@ -331,10 +351,10 @@ impl RequestCtx {
         }
 
         if failed {
-            self.exchange.mark_gone();
+            self.producer.mark_gone();
         }
         if dropped > 0 {
-            self.exchange.acknowledge(dropped);
+            self.producer.acknowledge(dropped);
         }
         let mut rc = NGX_OK as ngx_int_t;
         let ends = matches!(final_event, Some(OutputEvent::End));
@@ -354,7 +374,7 @@ impl RequestCtx {
             }
             if rc == NGX_ERROR as ngx_int_t {
                 failed = true;
-                self.exchange.mark_gone();
+                self.producer.mark_gone();
             } else if final_event.is_none() {
                 if r.buffered() || rc == NGX_AGAIN as ngx_int_t {
                     // SAFETY: r is live, on the event loop (above).
@@ -440,7 +460,7 @@ impl RequestCtx {
             ngx_handle_write_event(wev, clcf.send_lowat)
         };
         if handled != NGX_OK as ngx_int_t {
-            self.exchange.mark_gone();
+            self.producer.mark_gone();
         }
     }
 
@@ -450,7 +470,7 @@ impl RequestCtx {
         // SAFETY: on the event loop (every caller is an nginx handler).
         unsafe { crate::worker::free_dropped_chunks_soon() };
         let bytes = std::mem::take(&mut self.holding_bytes);
-        self.exchange.acknowledge(bytes);
+        self.producer.acknowledge(bytes);
     }
 }
 
@@ -512,7 +532,7 @@ pub unsafe fn fail_after_panic(r: *mut ngx_http_request_t) {
             return;
         }
         // A parked response still runs to its end (close()), its output dropped.
-        ctx.exchange.mark_gone();
+        ctx.producer.mark_gone();
         // SAFETY: as above.
         unsafe { ctx.release() };
     }
@@ -537,7 +557,7 @@ pub unsafe fn fail_after_panic(r: *mut ngx_http_request_t) {
 pub unsafe fn release_after_panic(ctx: *mut RequestCtx) {
     // SAFETY: ctx is live (caller), no other reference to it in use (see above).
     let ctx = unsafe { &mut *ctx };
-    ctx.exchange.mark_gone();
+    ctx.producer.mark_gone();
     // SAFETY: its request is live (caller).
     unsafe { ctx.release() };
 }
@@ -546,7 +566,7 @@ pub unsafe fn release_after_panic(ctx: *mut RequestCtx) {
 ///
 /// # Safety
 /// ctx is live; on the event loop. ctx (and the request) may be freed when this returns.
-unsafe fn finish(ctx: *mut RequestCtx, rc: ngx_int_t) {
+pub unsafe fn finish(ctx: *mut RequestCtx, rc: ngx_int_t) {
     // SAFETY: ctx and its request are live (caller); the reference ends before
     // ngx_http_finalize_request may free them.
     unsafe {
@@ -751,7 +771,7 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
                 (*c).set_timedout(1);
                 (*r).write_event_handler = Some(ngx_http_request_empty_handler);
             }
-            ctx.exchange.mark_gone();
+            ctx.producer.mark_gone();
             return;
         }
         // SAFETY: as above: sends what nginx holds of the request's output.
@@ -761,7 +781,7 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
         if rc == NGX_ERROR as ngx_int_t {
             // SAFETY: as above.
             unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
-            ctx.exchange.mark_gone();
+            ctx.producer.mark_gone();
             return;
         }
         // SAFETY: as above.
@@ -793,7 +813,7 @@ extern "C" fn on_read(r: *mut ngx_http_request_t) {
             ngx_http_test_reading(r);
             if (*(*r).connection).error() != 0 {
                 if let Some(ctx) = request_ctx(r) {
-                    ctx.exchange.mark_gone();
+                    ctx.producer.mark_gone();
                 }
             }
         }
@@ -802,7 +822,7 @@ extern "C" fn on_read(r: *mut ngx_http_request_t) {
 
 /// Guard timer: notices a broken connection, reports a request stuck in Python.
 extern "C" fn on_guard(ev: *mut ngx_event_t) {
-    // SAFETY: the guard's data is its ctx (lend_to_thread), and release() deletes the
+    // SAFETY: the guard's data is its ctx (lend), and release() deletes the
     // timer before the ctx can be freed, or its request (blocked); on the event loop.
     let ctx = unsafe { (*ev).data as *mut RequestCtx };
     // SAFETY: as above.
@@ -812,7 +832,7 @@ extern "C" fn on_guard(ev: *mut ngx_event_t) {
         let ctx = unsafe { &mut *ctx };
         // SAFETY: ctx.r is live while the thread holds it (blocked).
         if unsafe { (*(*ctx.r).connection).error() } != 0 {
-            ctx.exchange.mark_gone();
+            ctx.producer.mark_gone();
         }
         // SAFETY: ctx.r is live while the thread holds it (as above).
         let interval = unsafe { ctx.report_stuck() };
@@ -831,7 +851,7 @@ impl RequestCtx {
     /// self.r is live, held by the thread; on the event loop.
     unsafe fn report_stuck(&mut self) -> ngx_msec_t {
         let log = self.guard.log;
-        let label = self.exchange.label();
+        let label = self.producer.label();
         // SAFETY: the guard's log is the live connection's, on the event loop (caller).
         let warn = |message: &dyn std::fmt::Display| unsafe {
             crate::log::write(log, LogLevel::Warn, label, message)
@@ -861,7 +881,7 @@ impl RequestCtx {
         // SAFETY: r is live (caller); the request line lives with r.
         let line =
             unsafe { String::from_utf8_lossy((*self.r).request_line.as_bytes()).into_owned() };
-        let (age, thread) = (elapsed.as_secs(), self.exchange.running_thread());
+        let (age, thread) = (elapsed.as_secs(), self.producer.running_thread());
         match thread {
             Some(thread) => {
                 warn(&format_args!(
@@ -873,9 +893,16 @@ impl RequestCtx {
                 }
                 warn(&"stack unavailable: earlier stacks still wait for the GIL");
             }
-            None => warn(&format_args!(
-                "request \"{line}\" still in progress after {age} s, waiting for its client"
-            )),
+            None => {
+                let waiting = match self.producer.group() {
+                    // The app process logs its own stack at its group's request-timeout.
+                    Some(group) => format!("proxied to process group {group}"),
+                    None => "waiting for its client".to_string(),
+                };
+                warn(&format_args!(
+                    "request \"{line}\" still in progress after {age} s, {waiting}"
+                ))
+            }
         }
         self.guard_interval()
     }

@@ -96,7 +96,14 @@ extern "C" fn on_terminate(data: *mut c_void) {
             return;
         };
         // SAFETY: log is the live connection's.
-        unsafe { log_stuck(log, ctx.label(), released.python_thread) };
+        unsafe {
+            log_stuck(
+                log,
+                ctx.label(),
+                released.python_thread,
+                released.group.as_deref(),
+            )
+        };
         // SAFETY: r is live (its cleanups are running).
         unsafe {
             if (*r).header_sent() == 0 {
@@ -109,8 +116,18 @@ extern "C" fn on_terminate(data: *mut c_void) {
 
 /// # Safety
 /// log is the request's connection log; on the event loop.
-unsafe fn log_stuck(log: *mut ngx_log_t, label: &LogLabel, thread: Option<u64>) {
+unsafe fn log_stuck(
+    log: *mut ngx_log_t,
+    label: &LogLabel,
+    thread: Option<u64>,
+    group: Option<&str>,
+) {
     let (state, stack) = match thread.map(|t| (t, python_stack(t))) {
+        // Its app process is told by the closed connection (and has its own timeouts).
+        None if group.is_some() => (
+            format!("proxied to process group {}", group.unwrap_or_default()),
+            None,
+        ),
         None => (
             "whose response waits for its client (no Python thread runs it)".to_string(),
             None,

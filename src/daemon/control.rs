@@ -137,11 +137,12 @@ pub fn ensure(dir: &Path, program: &Path, apply: &Apply) -> Result<Vec<Endpoint>
         }
         Err(e) => return Err(e),
     };
+    // The connection stays the lifeline after a refused apply too: the supervisor
+    // changed nothing, and the groups of the previous apply keep serving this server's
+    // workers (a reload with a bad group must not stop them all).
+    lifelines.push((dir.to_path_buf(), conn));
     match reply {
-        ControlReply::Applied { groups } => {
-            lifelines.push((dir.to_path_buf(), conn));
-            Ok(groups)
-        }
+        ControlReply::Applied { groups } => Ok(groups),
         ControlReply::Error { error } => Err(error),
         ControlReply::Status { .. } => Err("the supervisor answered out of turn".into()),
     }
@@ -153,6 +154,43 @@ pub fn ensure(dir: &Path, program: &Path, apply: &Apply) -> Result<Vec<Endpoint>
 pub fn close_lifelines_after_fork() {
     let mut lifelines = LIFELINES.lock().unwrap_or_else(|e| e.into_inner());
     lifelines.clear();
+}
+
+/// The descriptor of the lifeline to `dir`'s supervisor this process holds, if any. An
+/// Apache parent unloads and reloads the module on every restart, and the module's
+/// statics (this file's lifelines among them) start empty again: it keeps the descriptor
+/// where httpd keeps things across restarts and hands it back with [`adopt_lifeline`].
+pub fn lifeline_fd(dir: &Path) -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    let lifelines = LIFELINES.lock().unwrap_or_else(|e| e.into_inner());
+    lifelines
+        .iter()
+        .find(|(d, _)| d == dir)
+        .map(|(_, conn)| conn.as_raw_fd())
+}
+
+/// Takes back a lifeline kept across a module reload (see [`lifeline_fd`]); does nothing
+/// when one to `dir` is held already.
+///
+/// # Safety
+/// `fd` is an open control connection to the supervisor of `dir` that nothing else in
+/// this process owns or closes (from now on the lifelines own it).
+pub unsafe fn adopt_lifeline(dir: &Path, fd: std::os::fd::RawFd) {
+    use std::os::fd::FromRawFd;
+    let mut lifelines = LIFELINES.lock().unwrap_or_else(|e| e.into_inner());
+    if lifelines.iter().any(|(d, _)| d == dir) {
+        return;
+    }
+    // SAFETY: the caller's contract: an open socket owned by nobody else.
+    let conn = unsafe { UnixStream::from_raw_fd(fd) };
+    lifelines.push((dir.to_path_buf(), conn));
+}
+
+/// Closes the lifeline to `dir`'s supervisor (the configuration no longer has groups
+/// there): once no owner holds one, the supervisor stops its groups and exits.
+pub fn release_lifeline(dir: &Path) {
+    let mut lifelines = LIFELINES.lock().unwrap_or_else(|e| e.into_inner());
+    lifelines.retain(|(d, _)| d != dir);
 }
 
 /// Asks the supervisor of `dir` for its groups' processes (a fresh connection, as root).

@@ -6,7 +6,8 @@ import os
 import signal
 import subprocess
 
-from .common import DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, wait_port, wait_until
+from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, Mount, Server, ServerError, children_of,
+                     pid_alive, wait_port, wait_until)
 
 APACHE = "/usr/sbin/apache2"
 MODDIR = "/usr/lib/apache2/modules"
@@ -123,6 +124,61 @@ class ApacheServer(Server):
         self.conf_path.write_text(text if text is not None else self.render(mounts, **opts))
         self.conf_path.chmod(0o644)
 
+    # -- daemon mode ------------------------------------------------------------------
+    def config_text(self, lines: list[str], workers: int = 1, threads: int = 16) -> str:
+        """A complete config: base_lines(), the run dir readable, then `lines` (with
+        {apps} and {run} expanded), e.g. WSGIDaemonProcess + WSGIScriptAlias lines."""
+        return "\n".join(self.base_lines(workers, threads) + [
+            f"<Directory {self.run}>\n    Require all granted\n</Directory>",
+        ] + [self.expand(x) for x in lines]) + "\n"
+
+    @property
+    def supervisor_dir(self):
+        """Where mod_rwsgi's supervisor keeps its sockets: WSGISocketPrefix's default
+        (DefaultRuntimeDir/wsgi, DefaultRuntimeDir being the run dir) + ".rwsgi"."""
+        return self.run / "wsgi.rwsgi"
+
+    def supervisor_pid(self) -> int | None:
+        """The `rwsgi-daemon supervise` of this server's socket directory (found in /proc
+        by its command line, which names the directory)."""
+        want = ["supervise", "--dir", str(self.supervisor_dir)]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if any(args[i:i + 3] == want for i in range(len(args))) and pid_alive(int(entry)):
+                return int(entry)
+        return None
+
+    def daemon_pids(self) -> list[int]:
+        """The app processes of every group (the supervisor's children)."""
+        sup = self.supervisor_pid()
+        return children_of(sup) if sup else []
+
+    def _stop_supervisor(self, sup: int | None, timeout: float = 30):
+        """After apache2 exited its lifeline is closed: the supervisor stops its groups
+        (graceful-timeout) and exits. Killed if it does not."""
+        if sup is None:
+            return
+        kids = children_of(sup)
+        if not self._wait_dead(sup, timeout):
+            for p in [sup] + kids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            raise ServerError(f"the rwsgi supervisor {sup} outlived apache2 by {timeout} s")
+        for k in kids:
+            if not self._wait_dead(k, 5):
+                try:
+                    os.kill(k, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def check_text(self, text: str) -> tuple[bool, str]:
         """`apache2 -t` on a complete config text; (ok, output)."""
         self.conf_path.write_text(text)
@@ -203,6 +259,7 @@ class ApacheServer(Server):
     def stop(self):
         if self.proc is None:
             return
+        sup = self.supervisor_pid()
         if self.proc.poll() is None:
             kids = self.worker_pids()
             self.proc.send_signal(signal.SIGTERM)
@@ -218,3 +275,4 @@ class ApacheServer(Server):
                     except ProcessLookupError:
                         pass
         self.started = False
+        self._stop_supervisor(sup)

@@ -127,7 +127,12 @@ def request(socket_path, secret: bytes, script: str, body: bytes = b"", timeout=
     sock.connect(socket_path)
     answer = Answer()
     try:
-        sock.sendall(request_frame(secret, script, body_length=len(body), **kw))
+        try:
+            sock.sendall(request_frame(secret, script, body_length=len(body), **kw))
+        except (BrokenPipeError, ConnectionResetError):
+            # Refused before the request was read (a peer the app does not serve): the
+            # connection closed without an answer.
+            return answer
         sent = 0
         while True:
             head = _recv_exact(sock, 5)

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from .common import (DEFAULT_PYTHON_HOME, HOST, MODULES, REPO, Mount, Server, ServerError,
-                     children_of, wait_port, wait_until)
+                     children_of, pid_alive, wait_port, wait_until)
 
 # RWSGI_NGINX: another nginx binary (one built from source, make matrix); the module must
 # have been built against that nginx's configured tree.
@@ -54,10 +54,13 @@ class NginxServer(Server):
                main_extra: list[str] = (), http_extra: list[str] = (),
                server_extra: list[str] = (),
                max_body: int = 64 << 20, ssl: bool = False, http2: bool = False,
-               **unknown) -> str:
+               daemons: dict[str, str] | None = None, **unknown) -> str:
         """`ssl`: the listener speaks TLS with {run}/cert.pem and {run}/key.pem (see
         common.self_signed_cert). `main_extra` / `http_extra` / `server_extra`: raw lines
-        for the main, http and server contexts."""
+        for the main, http and server contexts. `daemons`: daemon process groups, name ->
+        options (`wsgi_daemon NAME OPTIONS;`), with their supervisor's directory in the
+        run dir (`daemon_dir`); a mount joins one with `wsgi_process_group NAME;` in its
+        `extra` lines."""
         if unknown:
             raise TypeError(f"unknown nginx options {sorted(unknown)}")
         r = self.run
@@ -79,6 +82,10 @@ class NginxServer(Server):
             python_home = DEFAULT_PYTHON_HOME
         if python_home is not None:
             http.append(f"wsgi_python_home {python_home};")
+        if daemons:
+            http.append(f"wsgi_socket_prefix {self.daemon_dir};")
+            http.extend(f"wsgi_daemon {name} {self.expand(opts)};".rstrip()
+                        for name, opts in daemons.items())
         http.extend(self.expand(x) for x in http_extra)
         locations = [f"location = /static.txt {{ root {r}/htdocs; }}"]
         for m in mounts:
@@ -119,6 +126,39 @@ class NginxServer(Server):
             "http {\n    " + "\n    ".join(http) + "\n"
             "    server {\n        " + "\n        ".join(server + locations) + "\n    }\n}\n"
         )
+
+    # -- daemon mode ------------------------------------------------------------------
+    @property
+    def daemon_dir(self):
+        """The supervisor's directory (wsgi_socket_prefix) when `daemons` are given."""
+        return self.run / "daemon"
+
+    def supervisor_pids(self) -> list[int]:
+        """Supervisors running for this server's daemon_dir (found by their command
+        line, which names the directory: never another test's)."""
+        want = ["supervise", "--dir", str(self.daemon_dir)]
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if argv[1:4] == want and pid_alive(int(entry)):
+                found.append(int(entry))
+        return sorted(found)
+
+    def app_pids(self, user: str | None = None) -> list[int]:
+        """The app processes of this server's supervisor(s); `user`: only those running
+        as that user."""
+        pids = [p for s in self.supervisor_pids() for p in children_of(s)]
+        if user is None:
+            return pids
+        import pwd
+        uid = pwd.getpwnam(user).pw_uid
+        return [p for p in pids if _uid_of(p) == uid]
 
     def write_conf(self, mounts, **opts):
         self.conf_path.write_text(self.render(mounts, **opts))
@@ -186,6 +226,7 @@ class NginxServer(Server):
         pid = self.master_pid
         if pid is None or not self.started:
             self.started = False
+            self.stop_supervisor()
             return
         workers = children_of(pid)
         try:
@@ -201,3 +242,33 @@ class NginxServer(Server):
                 except ProcessLookupError:
                     pass
         self.started = False
+        self.stop_supervisor()
+
+    def stop_supervisor(self, timeout: float = 30):
+        """Waits for this server's supervisor to go (it stops its groups once nginx's
+        lifeline closes), then kills what is left of it and its app processes."""
+        sups = self.supervisor_pids()
+        if not sups:
+            return
+        apps = [p for s in sups for p in children_of(s)]
+        for pid in sups:
+            if not self._wait_dead(pid, timeout):
+                self._kill_hard(pid)
+        for pid in apps:
+            if not self._wait_dead(pid, 5):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _uid_of(pid: int) -> int | None:
+    """The real uid of process `pid` (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
