@@ -2,7 +2,9 @@
 `rwsgi[app=MOUNT req=ID]`, where ID is what the access log prints for the same request
 (nginx `$request_id`; Apache `UNIQUE_ID` with mod_unique_id, else the request's log id,
 `%L`), so that an operator goes from a traceback to its access-log line. wsgi.errors
-lines carry it too; Python's `logging` to stderr still reaches the error log."""
+lines carry it too; Python's `logging` to stderr still reaches the error log. In daemon
+mode the app process sends its lines bare and the server worker proxying the request
+labels them, so they read the same."""
 from __future__ import annotations
 
 import re
@@ -12,7 +14,7 @@ import pytest
 
 from harness import http
 from harness.apache import MODDIR
-from harness.common import Mount, wait_until
+from harness.common import Mount, daemon_app, wait_until
 
 pytestmark = pytest.mark.server_side
 
@@ -61,6 +63,26 @@ def check_request_lines(srv, mark: int, rid: str, tag: str):
             assert re.search(label, line), line
     # logging's StreamHandler writes to stderr, which the server sends to its error log.
     assert srv.wait_error_log(rf"logging line {tag}", mark), srv.error_log(mark)
+
+
+def test_daemon_request_lines_carry_the_access_log_id(kind, make_server):
+    """A request in a daemon process group: its traceback and wsgi.errors lines come from
+    the app process over the group's socket and are written by the server with the same
+    label as embedded mode's, once (the app process adds none)."""
+    config = id_config(kind)
+    mounts = [Mount("/hello", "hello.py")] + daemon_app(kind, config, "/logs", "log_app.py", "logs")
+    srv = make_server(mounts, workers=2, **config)
+    mark, _ = srv.log_mark()
+    tag = uuid.uuid4().hex[:12]
+    r = http.get(srv.port, f"/logs?tag={tag}")
+    assert r.status == 500
+    rid, _ = access_ids(srv, tag)
+    if kind == "nginx":
+        assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
+    check_request_lines(srv, mark, rid, tag)
+    ours = [l for l in srv.error_log(mark).splitlines()
+            if f"boom {tag}" in l or f"errors line {tag}" in l]
+    assert ours and all(l.count("rwsgi[") == 1 for l in ours), ours
 
 
 def test_traceback_carries_the_access_log_id(kind, make_server):

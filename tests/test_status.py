@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from harness import http
-from harness.common import Mount, wait_until
+from harness.common import Mount, daemon_app, wait_until
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -166,6 +166,12 @@ def test_html_page(status_server):
     # app, requests, in flight, waiting, 1xx, 2xx
     assert re.search(r"<td>/hello</td><td>3</td><td>0</td><td>0</td><td>0</td><td>3</td>", page), page
     assert "2 worker starts" in page
+    # The gauges settle on their own time: a worker's threads count once its pool has
+    # started (after its start is counted), and a thread is idle once back in its pool,
+    # which can be just after its client has the response.
+    settled = {"busy": 0, "waiting": 0, "idle": 16}
+    assert wait_until(lambda: status_json(srv)["threads"] == settled, 10), status_json(srv)
+    page = http.get(srv.port, "/rwsgi-status").body.decode()
     assert "2 worker processes · threads: 0 busy, 0 waiting, 16 idle" in page, page
 
 
@@ -353,6 +359,49 @@ def test_requests_waiting_to_enter_python(kind, make_server):
     assert wait_until(lambda: waiting() == (0, 0), 5), waiting()
     doc = status_json(srv)
     assert app_of(doc, "/hello")["requests"]["2xx"] == 1 and app_of(doc, "/hello")["in_flight"] == 0
+
+
+def test_daemon_requests_counted(kind, make_server):
+    """In a daemon process group the app process's engine says when a request entered
+    Python and when its app failed to load (STAGE frames): the server counts a request
+    as waiting until then (and, on Apache, its proxying thread as waiting, then busy),
+    and each failed load as an import failure, as in embedded mode."""
+    config = status_config(kind)
+    mounts = MOUNTS + daemon_app(kind, config, "/dlogs", "log_app.py", "held")
+    mounts += daemon_app(kind, config, "/dbroken", "errors_app.py", "broken",
+                         callable="no_such_callable")
+    srv = make_server(mounts, workers=1, threads=4, **config)
+    n = 3
+    for _ in range(n):
+        assert http.get(srv.port, "/dbroken").status == 500
+    broken = app_of(status_json(srv), "/dbroken")
+    assert broken["import_failures"] == n and broken["requests"]["5xx"] == n, broken
+    assert broken["in_flight"] == broken["waiting"] == 0, broken
+    assert app_of(status_json(srv), "/hello")["import_failures"] == 0
+
+    # One request holds its app process's GIL; the group's second thread takes the next
+    # one, which cannot enter Python until then.
+    results = []
+    holder = threading.Thread(target=lambda: results.append(
+        http.get(srv.port, "/dlogs?hold_gil=3&token=dgil")))
+    holder.start()
+    assert srv.wait_marker("dgil.holding", 10)
+    waiter = threading.Thread(target=lambda: results.append(http.get(srv.port, "/dlogs?tag=w")))
+    waiter.start()
+
+    def gauges():
+        doc = status_json(srv)
+        app = app_of(doc, "/dlogs")
+        return app["in_flight"], app["waiting"], doc["threads"]["busy"], doc["threads"]["waiting"]
+
+    # The holder ran (it is not waiting): its STAGE came through.
+    expected = (2, 1, 1, 1) if kind == "apache" else (2, 1, 0, 0)
+    assert wait_until(lambda: gauges() == expected, 2.5), gauges()
+    holder.join()
+    waiter.join()
+    assert sorted(r.status for r in results) == [200, 500], results
+    assert wait_until(lambda: gauges() == (0, 0, 0, 0), 5), gauges()
+    assert app_of(status_json(srv), "/dlogs")["import_failures"] == 0
 
 
 @pytest.mark.only("nginx")  # nginx notices the client leaving while the app runs

@@ -220,6 +220,9 @@ impl Relay<'_> {
                     self.answer_read(n);
                 }
                 Ok(FromApp::Log(level, message)) => self.live.log(level, &message),
+                // The app process's engine reached a stage: the gauges and the import
+                // failures count it here, as for embedded mode.
+                Ok(FromApp::Stage(stage)) => self.sink.stage(stage),
                 Ok(FromApp::Event(event)) => {
                     let last = event.is_final();
                     if let OutputEvent::Data(d) = &event {

@@ -8,12 +8,14 @@
 //! writer is free, writes what the socket takes without blocking. Frames stay whole on
 //! the wire because the queue is only ever written from its front. A log line that
 //! comes while `send` holds the writer waits in `pending` (bounded) for the next holder.
-//! After the final event, lines go to stderr, the server's main error log.
+//! After the final event, lines go to stderr, the server's main error log. Lines go out
+//! bare: the server puts its label for the request in front (rwsgi::LogLabel). The
+//! engine's stages go the same way as log lines, for the server's status page.
 
 use rwsgi::daemon::fd_passing::send_with_file;
 use rwsgi::daemon::messages::{encode_event, FromApp};
 use rwsgi::daemon::DATA_FRAME;
-use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink};
+use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink, Stage};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -241,6 +243,22 @@ impl ResponseSink for SocketSink {
             return self.log_to_stderr(level, message);
         }
         FromApp::Log(level, message.to_string()).encode(&mut pending);
+    }
+
+    /// Never waits, like `log`. A stage after the response ended (or once the server is
+    /// gone) has nobody to count it and is dropped.
+    fn stage(&self, stage: Stage) {
+        if let Ok(mut w) = self.writer.try_lock() {
+            if !(w.finished || w.broken) {
+                self.take_pending(&mut w);
+                FromApp::Stage(stage).encode(&mut w.out);
+                w.flush_without_waiting();
+            }
+            return;
+        }
+        // A few bytes, at most twice a request: no bound needed.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        FromApp::Stage(stage).encode(&mut pending);
     }
 }
 

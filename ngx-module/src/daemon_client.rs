@@ -32,7 +32,8 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use rwsgi::daemon::fd_passing::recv_with_files;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
-use rwsgi::{AppSpec, BodyReader, LogLabel, LogLevel, OutputEvent, Request};
+use rwsgi::metrics::AppCounters;
+use rwsgi::{AppSpec, BodyReader, LogLabel, LogLevel, OutputEvent, Request, Stage};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::c_void;
@@ -74,6 +75,11 @@ pub struct AppConn {
     log: *mut ngx_log_t,
     /// In front of the request's lines (log.rs).
     label: LogLabel,
+    /// The request's app on the status page.
+    app: Option<&'static AppCounters>,
+    /// Counted as waiting (status page) until its app process says it runs it (the
+    /// engine's Stage::Running, which comes as a STAGE frame).
+    waiting: bool,
     /// The connection to the app process; null before it is made and after close.
     c: *mut ngx_connection_t,
     /// Fires the next connect attempt while the group's backlog is full.
@@ -177,6 +183,8 @@ pub unsafe fn start(
         ctx: ptr::null_mut(),
         log,
         label,
+        app: lc.app_metrics(),
+        waiting: false,
         c: ptr::null_mut(),
         // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
         retry: unsafe { std::mem::zeroed() },
@@ -218,6 +226,8 @@ pub unsafe fn start(
         }
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
+    // SAFETY: as above.
+    unsafe { app_conn(ctx) }.wait();
     // SAFETY: ctx is r's live context, on the event loop.
     unsafe { (*ctx).lend(mc.stuck_after(), lc.app_metrics()) };
     let outcome = match attempt {
@@ -452,9 +462,37 @@ impl AppConn {
         unsafe { ngx_post_event(ev, ptr::addr_of_mut!(ngx_posted_events)) };
     }
 
+    /// The request waits for an app process to run it (until `stop_waiting`).
+    fn wait(&mut self) {
+        if let (false, Some(app)) = (self.waiting, self.app) {
+            app.wait();
+            self.waiting = true;
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if let (true, Some(app)) = (self.waiting, self.app) {
+            app.stop_waiting();
+        }
+        self.waiting = false;
+    }
+
+    /// Counts a stage the app process's engine reached, as a Python thread's sink does.
+    fn stage(&mut self, stage: Stage) {
+        match stage {
+            Stage::Running => self.stop_waiting(),
+            Stage::LoadFailed => {
+                if let Some(app) = self.app {
+                    app.import_failed();
+                }
+            }
+        }
+    }
+
     /// Closes the app's connection (its next write fails; the engine closes the app's
     /// iterable) and stops the retry timer. Idempotent.
     pub fn close(&mut self) {
+        self.stop_waiting();
         if !self.c.is_null() {
             // SAFETY: c is the live connection try_connect opened; closing it removes its
             // events from the loop, its timers and postings.
@@ -625,6 +663,7 @@ impl AppConn {
                 FromApp::Read(n) => self.answer_read(n)?,
                 // Written as a Python thread's lines are, behind the request's label.
                 FromApp::Log(level, message) => batch.logs.push((level, message)),
+                FromApp::Stage(stage) => self.stage(stage),
                 FromApp::Event(event) => {
                     self.check(&event)?;
                     if let OutputEvent::Data(data) = &event {

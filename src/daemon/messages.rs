@@ -10,7 +10,7 @@
 
 use super::frame::{header, Fields, Frame, PutField, WireError, DATA_FRAME};
 use crate::app::AppTarget;
-use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead};
+use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, Stage};
 use crate::Chunk;
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -28,6 +28,7 @@ const END: u8 = 20;
 const ABORT: u8 = 21;
 const FAIL: u8 = 22;
 const LOG: u8 = 23;
+const STAGE: u8 = 24;
 
 /// Which of its group's apps the request is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +67,9 @@ pub enum FromApp {
     /// the frame: [`FromApp::decode`] takes it from `fds`.
     Event(OutputEvent),
     Log(LogLevel, String),
+    /// The engine's [`Stage`] for the request, for the server's status page (the app
+    /// loaded or not, the request entered Python).
+    Stage(Stage),
 }
 
 impl ToApp {
@@ -121,6 +125,7 @@ impl FromApp {
                 p.put_bytes(msg.as_bytes());
                 push_frame(out, LOG, &p);
             }
+            FromApp::Stage(stage) => push_frame(out, STAGE, &[stage_code(*stage)]),
             FromApp::Event(e) => encode_event(e, out),
         }
     }
@@ -145,6 +150,12 @@ impl FromApp {
                 let msg = String::from_utf8_lossy(&f.bytes()?).into_owned();
                 f.end()?;
                 return Ok(FromApp::Log(level, msg));
+            }
+            STAGE => {
+                let mut f = Fields::new(p, "STAGE");
+                let stage = stage_from_code(f.u8()?)?;
+                f.end()?;
+                return Ok(FromApp::Stage(stage));
             }
             HEAD => OutputEvent::Head(get_head(p)?),
             DATA => OutputEvent::Data(Chunk::owned(p.clone())),
@@ -227,6 +238,21 @@ fn level_from_code(code: u8) -> Result<LogLevel, WireError> {
         1 => Ok(LogLevel::Warn),
         2 => Ok(LogLevel::Info),
         n => Err(WireError(format!("unknown log level {n}"))),
+    }
+}
+
+fn stage_code(stage: Stage) -> u8 {
+    match stage {
+        Stage::Running => 0,
+        Stage::LoadFailed => 1,
+    }
+}
+
+fn stage_from_code(code: u8) -> Result<Stage, WireError> {
+    match code {
+        0 => Ok(Stage::Running),
+        1 => Ok(Stage::LoadFailed),
+        n => Err(WireError(format!("unknown stage {n}"))),
     }
 }
 

@@ -18,7 +18,8 @@ import struct
 import time
 
 REQUEST, BODY = 1, 2
-READ, HEAD, DATA, FILE, END, ABORT, FAIL, LOG = 16, 17, 18, 19, 20, 21, 22, 23
+READ, HEAD, DATA, FILE, END, ABORT, FAIL, LOG, STAGE = 16, 17, 18, 19, 20, 21, 22, 23, 24
+STAGES = {0: "running", 1: "load-failed"}
 
 
 class Control:
@@ -103,6 +104,7 @@ class Answer:
         self.headers = []
         self.body = b""
         self.logs = []
+        self.stages = []       # the engine's stages the app process reported, in order
         self.final = None      # "end", "abort", ("fail", status) or None (connection closed)
 
 
@@ -165,6 +167,8 @@ def request(socket_path, secret: bytes, script: str, body: bytes = b"", timeout=
             elif kind == LOG:
                 (n,) = struct.unpack(">I", payload[1:5])
                 answer.logs.append(payload[5:5 + n].decode())
+            elif kind == STAGE:
+                answer.stages.append(STAGES.get(payload[0], payload[0]))
             elif kind in (END, ABORT, FAIL):
                 answer.final = {END: "end", ABORT: "abort"}.get(kind) or \
                     ("fail", struct.unpack(">H", payload)[0])
