@@ -209,6 +209,9 @@ pub struct Running {
 pub struct Phase {
     app: Option<&'static AppCounters>,
     entered: AtomicBool,
+    /// Counted once per request: in daemon mode the stage comes from an app process,
+    /// which runs a tenant's code and could repeat it.
+    load_failed: AtomicBool,
 }
 
 impl Phase {
@@ -222,6 +225,7 @@ impl Phase {
         Phase {
             app,
             entered: AtomicBool::new(false),
+            load_failed: AtomicBool::new(false),
         }
     }
 
@@ -237,7 +241,7 @@ impl Phase {
 
     /// The app could not be loaded for the request.
     pub fn load_failed(&self) {
-        if let Some(app) = self.app {
+        if let (false, Some(app)) = (self.load_failed.swap(true, Ordering::Relaxed), self.app) {
             app.import_failed();
         }
     }

@@ -80,6 +80,8 @@ pub struct AppConn {
     /// Counted as waiting (status page) until its app process says it runs it (the
     /// engine's Stage::Running, which comes as a STAGE frame).
     waiting: bool,
+    /// A load failure was counted: once per request, whatever the app process repeats.
+    load_failed: bool,
     /// The connection to the app process; null before it is made and after close.
     c: *mut ngx_connection_t,
     /// Fires the next connect attempt while the group's backlog is full.
@@ -185,6 +187,7 @@ pub unsafe fn start(
         label,
         app: lc.app_metrics(),
         waiting: false,
+        load_failed: false,
         c: ptr::null_mut(),
         // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
         retry: unsafe { std::mem::zeroed() },
@@ -482,7 +485,9 @@ impl AppConn {
         match stage {
             Stage::Running => self.stop_waiting(),
             Stage::LoadFailed => {
-                if let Some(app) = self.app {
+                if let (false, Some(app)) =
+                    (std::mem::replace(&mut self.load_failed, true), self.app)
+                {
                     app.import_failed();
                 }
             }
