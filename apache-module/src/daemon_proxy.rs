@@ -87,6 +87,7 @@ pub fn serve(
     ToApp::Request(Box::new(RequestFrame {
         secret: group.secret,
         accepts_files: true,
+        accepts_stages: true,
         connected_at_us,
         app: proxied.app,
         request: proxied.request,

@@ -31,6 +31,8 @@ pub struct SocketSink {
     pending: Mutex<Vec<u8>>,
     /// The server takes files as descriptors (it said so in its REQUEST).
     accepts_files: bool,
+    /// The server takes STAGE frames (it said so in its REQUEST).
+    accepts_stages: bool,
     /// "group NAME, GET /uri", for lines that end up on stderr.
     context: String,
     /// A second handle on the same socket, to shut it down while a write blocks.
@@ -49,7 +51,12 @@ struct Writer {
 }
 
 impl SocketSink {
-    pub fn new(stream: UnixStream, accepts_files: bool, context: String) -> io::Result<SocketSink> {
+    pub fn new(
+        stream: UnixStream,
+        accepts_files: bool,
+        accepts_stages: bool,
+        context: String,
+    ) -> io::Result<SocketSink> {
         Ok(SocketSink {
             control: stream.try_clone()?,
             writer: Mutex::new(Writer {
@@ -61,6 +68,7 @@ impl SocketSink {
             }),
             pending: Mutex::new(Vec::new()),
             accepts_files,
+            accepts_stages,
             context,
         })
     }
@@ -246,8 +254,12 @@ impl ResponseSink for SocketSink {
     }
 
     /// Never waits, like `log`. A stage after the response ended (or once the server is
-    /// gone) has nobody to count it and is dropped.
+    /// gone) has nobody to count it and is dropped, as is every stage for a server that
+    /// did not ask for them.
     fn stage(&self, stage: Stage) {
+        if !self.accepts_stages {
+            return;
+        }
         if let Ok(mut w) = self.writer.try_lock() {
             if !(w.finished || w.broken) {
                 self.take_pending(&mut w);

@@ -171,6 +171,7 @@ pub unsafe fn start(
     let frame = ToApp::Request(Box::new(RequestFrame {
         secret: target.secret,
         accepts_files: true,
+        accepts_stages: true,
         connected_at_us: now_us(),
         app: AppRef {
             target: spec.target.clone(),

@@ -43,6 +43,9 @@ pub struct RequestFrame {
     pub secret: [u8; SECRET_LEN],
     /// The server can take an open file (FILE with SCM_RIGHTS) instead of its bytes.
     pub accepts_files: bool,
+    /// The server understands STAGE frames. A server that does not say so (an older
+    /// module, still running while a newer app process serves it) gets none.
+    pub accepts_stages: bool,
     /// When the server worker began to connect, in microseconds since the Unix epoch (0:
     /// not known): how long the request waited for a process (queue-timeout).
     pub connected_at_us: u64,
@@ -79,7 +82,7 @@ impl ToApp {
             ToApp::Request(r) => {
                 let mut p = Vec::with_capacity(512);
                 p.extend_from_slice(&r.secret);
-                p.put_u8(u8::from(r.accepts_files));
+                p.put_u8(u8::from(r.accepts_files) | u8::from(r.accepts_stages) << 1);
                 p.put_u64(r.connected_at_us);
                 put_app(&mut p, &r.app);
                 put_request(&mut p, &r.request);
@@ -94,7 +97,8 @@ impl ToApp {
             REQUEST => {
                 let mut f = Fields::new(&frame.payload, "REQUEST");
                 let secret = f.fixed::<SECRET_LEN>()?;
-                let accepts_files = f.u8()? & 1 == 1;
+                let flags = f.u8()?;
+                let (accepts_files, accepts_stages) = (flags & 1 == 1, flags & 2 == 2);
                 let connected_at_us = f.u64()?;
                 let app = get_app(&mut f)?;
                 let request = get_request(&mut f)?;
@@ -102,6 +106,7 @@ impl ToApp {
                 Ok(ToApp::Request(Box::new(RequestFrame {
                     secret,
                     accepts_files,
+                    accepts_stages,
                     connected_at_us,
                     app,
                     request,

@@ -78,20 +78,23 @@ fn to_app() -> impl Strategy<Value = ToApp> {
     prop_oneof![
         (
             any::<[u8; 32]>(),
-            any::<bool>(),
+            any::<(bool, bool)>(),
             any::<u64>(),
             app_ref(),
             request()
         )
-            .prop_map(|(secret, accepts_files, connected_at_us, app, request)| {
-                ToApp::Request(Box::new(RequestFrame {
-                    secret,
-                    accepts_files,
-                    connected_at_us,
-                    app,
-                    request,
-                }))
-            }),
+            .prop_map(
+                |(secret, (accepts_files, accepts_stages), connected_at_us, app, request)| {
+                    ToApp::Request(Box::new(RequestFrame {
+                        secret,
+                        accepts_files,
+                        accepts_stages,
+                        connected_at_us,
+                        app,
+                        request,
+                    }))
+                }
+            ),
         bytes(300).prop_map(ToApp::Body),
     ]
 }

@@ -80,8 +80,10 @@ def _frame(kind: int, payload: bytes) -> bytes:
 
 def request_frame(secret: bytes, script: str, *, method="GET", path="/", query=b"",
                   headers=(), body_length=None, callable_="application",
-                  connected_at_us=0) -> bytes:
-    p = secret + bytes([0]) + struct.pack(">Q", connected_at_us)
+                  connected_at_us=0, stages=False) -> bytes:
+    """`stages`: ask for STAGE frames (REQUEST flag bit 1), as the servers do."""
+    flags = 2 if stages else 0
+    p = secret + bytes([flags]) + struct.pack(">Q", connected_at_us)
     p += bytes([0]) + _bytes(script.encode()) + _bytes(callable_.encode())
     p += _bytes(method.encode()) + _bytes(b"") + _bytes(path.encode()) + _bytes(query)
     p += _bytes(b"HTTP/1.1") + _bytes(b"localhost") + _bytes(b"80")
