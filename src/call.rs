@@ -11,7 +11,7 @@ use crate::file_wrapper::FileWrapper;
 use crate::input::Input;
 use crate::response::{Response, Stop};
 use crate::runtime::ServerTraits;
-use crate::server::{BodyReader, Flow, LogLevel, OutputEvent, Request, ResponseSink};
+use crate::server::{BodyReader, Flow, LogLevel, OutputEvent, Request, ResponseSink, Stage};
 use crate::start_response::{stop_error, StartResponse};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -62,7 +62,7 @@ fn guarded(sink: &Arc<dyn ResponseSink>, work: impl FnOnce() -> Outcome) -> Opti
         Err(_) => {
             sink.log(
                 LogLevel::Error,
-                "rwsgi: internal error while running the application",
+                "internal error while running the application",
             );
             let _ = sink.send(&mut vec![OutputEvent::Fail(500)]);
             None
@@ -113,6 +113,7 @@ fn run_in_python(
     sink: &Arc<dyn ResponseSink>,
     head_request: bool,
 ) -> Outcome {
+    sink.stage(Stage::Running);
     let start_response = match Bound::new(
         py,
         StartResponse::new(Response::new(sink.clone(), head_request)),
@@ -182,7 +183,7 @@ fn finish(
         Err(_) => {
             sink.log(
                 LogLevel::Error,
-                "rwsgi: response still in use by another thread; aborting",
+                "response still in use by another thread; aborting",
             );
             vec![OutputEvent::Abort]
         }
@@ -198,7 +199,7 @@ fn call_app<'py>(
     sink: &Arc<dyn ResponseSink>,
     start_response: &Bound<'py, StartResponse>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let app = get_app(py, spec)?;
+    let app = get_app(py, spec).inspect_err(|_| sink.stage(Stage::LoadFailed))?;
     let template = TEMPLATE.get_or_try_init(py, || {
         let file_wrapper = py.get_type::<FileWrapper>();
         environ_template(

@@ -14,6 +14,7 @@ mod errors;
 mod file_wrapper;
 mod input;
 mod interpreter;
+mod log_label;
 pub mod metrics;
 pub mod metrics_render;
 pub mod pool;
@@ -33,8 +34,9 @@ pub use call::Parked;
 pub use chunk::Chunk;
 pub use config_names::{check_callable_name, check_param_name, is_reserved_environ_key};
 pub use environ::{is_under_mount, split_mount};
+pub use log_label::LogLabel;
 pub use runtime::{python_version_line, LoadError, Runtime, ServerTraits, PYTHON_VERSION};
 pub use server::{
     BodyReader, ClientGone, ExtraValue, Flow, LogLevel, OutputEvent, Request, ResponseHead,
-    ResponseSink,
+    ResponseSink, Stage,
 };

@@ -8,6 +8,12 @@
 //! Apps (mounts) get a slot each by name, claimed on first use by whichever process sees
 //! them first (a compare-and-swap), so that no process needs another's config: up to
 //! [`MAX_APPS`] names; requests of apps beyond that are not counted.
+//!
+//! Gauges of threads are per process ([`ProcessGauges`], a slot claimed by pid): a worker
+//! that dies without a word (a crash, a kill -9) would otherwise leave its threads counted
+//! for ever, so a slot counts only while its process lives, and is taken over once it
+//! does not. Per-app gauges (in flight, waiting) are plain shared counters: a crash
+//! mid-request leaves its requests counted until the server restarts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{
@@ -19,6 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Apps (mounts) a server can count.
 pub const MAX_APPS: usize = 64;
+/// Worker processes whose threads a server can count at once (Apache's prefork runs a
+/// process per request in flight).
+pub const MAX_PROCESSES: usize = 1024;
 /// Bytes of an app's name kept (longer names are cut).
 const NAME_WORDS: usize = 16;
 const NAME_MAX: usize = NAME_WORDS * 8;
@@ -27,7 +36,7 @@ pub const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Written last when the block is first set up; also tells an old layout from this one.
-const MAGIC: u64 = 0x7277_7367_6930_0001;
+const MAGIC: u64 = 0x7277_7367_6930_0002;
 
 const FREE: u64 = 0;
 const CLAIMING: u64 = 1;
@@ -43,6 +52,9 @@ pub struct AppCounters {
     /// Responses by status class: [1xx, 2xx, 3xx, 4xx, 5xx].
     requests: [AtomicU64; 5],
     in_flight: AtomicU64,
+    /// Requests of `in_flight` that wait to run: for a pool thread (nginx), to enter
+    /// Python (Apache).
+    waiting: AtomicU64,
     /// Per-bucket counts (not cumulative); the last is +Inf.
     duration: [AtomicU64; DURATION_BUCKETS.len() + 1],
     duration_micros: AtomicU64,
@@ -59,6 +71,31 @@ pub struct Shared {
     start_time: AtomicU64,
     worker_starts: AtomicU64,
     apps: [AppCounters; MAX_APPS],
+    processes: [ProcessGauges; MAX_PROCESSES],
+}
+
+/// A slot's pid while a process is claiming it (never a live pid).
+const CLAIMING_PID: u64 = u64::MAX;
+
+/// One worker process's threads, as the server sees them.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ProcessGauges {
+    /// The process holding the slot; 0 when free.
+    pid: AtomicU64,
+    /// Threads that can run requests.
+    threads: AtomicU64,
+    /// Of those, threads running a request (in Python, or its I/O).
+    busy: AtomicU64,
+    /// Of those, threads holding a request that wait to enter Python (the GIL).
+    waiting: AtomicU64,
+}
+
+/// What a thread of [`ProcessGauges`] is doing, when it is not idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadState {
+    Busy,
+    Waiting,
 }
 
 /// How a request ended, as the server saw it.
@@ -129,6 +166,30 @@ impl Metrics {
         self.shared.worker_starts.fetch_add(1, Relaxed);
     }
 
+    /// This process's thread gauges: a free slot, or one whose process is gone, claimed
+    /// for the calling process (call once, in the process, after fork). None when
+    /// MAX_PROCESSES live processes hold every slot.
+    pub fn claim_process(&self) -> Option<&'static ProcessGauges> {
+        let me = u64::from(std::process::id());
+        for slot in &self.shared.processes {
+            let pid = slot.pid.load(Acquire);
+            let takeable = pid == 0 || (pid != CLAIMING_PID && !alive(pid));
+            if takeable
+                && slot
+                    .pid
+                    .compare_exchange(pid, CLAIMING_PID, Acquire, Relaxed)
+                    .is_ok()
+            {
+                slot.threads.store(0, Relaxed);
+                slot.busy.store(0, Relaxed);
+                slot.waiting.store(0, Relaxed);
+                slot.pid.store(me, Release);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
     /// The counters of app `name`, its slot claimed if it has none yet; None when every
     /// slot is taken by other names.
     pub fn app(&self, name: &str) -> Option<&AppCounters> {
@@ -183,12 +244,77 @@ impl Metrics {
             .filter(|a| a.state.load(Acquire) == NAMED)
             .map(AppCounters::snapshot)
             .collect();
+        let mut threads = ThreadsSnapshot::default();
+        for slot in &s.processes {
+            let pid = slot.pid.load(Acquire);
+            if pid == 0 || pid == CLAIMING_PID || !alive(pid) {
+                continue;
+            }
+            let (total, busy, waiting) = (
+                slot.threads.load(Relaxed),
+                slot.busy.load(Relaxed),
+                slot.waiting.load(Relaxed),
+            );
+            threads.processes += 1;
+            threads.busy += busy;
+            threads.waiting += waiting;
+            threads.idle += total.saturating_sub(busy + waiting);
+        }
         Snapshot {
             start_time: s.start_time.load(Relaxed),
             now: now_unix(),
             worker_starts: s.worker_starts.load(Relaxed),
+            threads,
             apps,
         }
+    }
+}
+
+/// The process `pid` exists (a process of another user counts: kill says EPERM).
+fn alive(pid: u64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl ProcessGauges {
+    /// A pool-based server (nginx): `total` threads, `idle` of them waiting for work.
+    pub fn set_pool(&self, total: usize, idle: usize) {
+        self.threads.store(total as u64, Relaxed);
+        self.busy.store(total.saturating_sub(idle) as u64, Relaxed);
+    }
+
+    /// A server whose threads each take a request (Apache): how many the process has.
+    pub fn set_threads(&self, total: usize) {
+        self.threads.store(total as u64, Relaxed);
+    }
+
+    /// A thread took up `state` (undone by [`ProcessGauges::leave`]).
+    pub fn enter(&self, state: ThreadState) {
+        self.gauge(state).fetch_add(1, Relaxed);
+    }
+
+    pub fn leave(&self, state: ThreadState) {
+        // Never below zero, whatever a bug elsewhere did.
+        let _ = self
+            .gauge(state)
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    fn gauge(&self, state: ThreadState) -> &AtomicU64 {
+        match state {
+            ThreadState::Busy => &self.busy,
+            ThreadState::Waiting => &self.waiting,
+        }
+    }
+
+    /// The process is exiting: the slot is free for another.
+    pub fn release(&self) {
+        let me = u64::from(std::process::id());
+        let _ = self.pid.compare_exchange(me, 0, Release, Relaxed);
     }
 }
 
@@ -233,6 +359,19 @@ impl AppCounters {
         self.in_flight.fetch_add(1, Relaxed);
     }
 
+    /// A request of this app (in flight already) waits to run: for a thread (nginx's
+    /// queue) or to enter Python (Apache).
+    pub fn wait(&self) {
+        self.waiting.fetch_add(1, Relaxed);
+    }
+
+    /// A request counted by [`AppCounters::wait`] runs now (or never will).
+    pub fn stop_waiting(&self) {
+        let _ = self
+            .waiting
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
     /// A request started with [`AppCounters::start`] ended.
     pub fn end(&self, end: RequestEnd) {
         self.in_flight.fetch_sub(1, Relaxed);
@@ -266,7 +405,7 @@ impl AppCounters {
         self.queue_full.fetch_add(1, Relaxed);
     }
 
-    /// The app failed to import in a worker.
+    /// Loading the app failed (at a worker's start, or retried by a request).
     pub fn import_failed(&self) {
         self.import_failures.fetch_add(1, Relaxed);
     }
@@ -288,6 +427,7 @@ impl AppCounters {
             // A request ending in a process whose start was counted elsewhere cannot
             // happen, but a wrapped value must never show as 2^64.
             in_flight: load(&self.in_flight).min(i64::MAX as u64),
+            waiting: load(&self.waiting),
             duration_buckets: buckets,
             duration_count: cumulative,
             duration_sum: load(&self.duration_micros) as f64 / 1e6,
@@ -306,7 +446,21 @@ pub struct Snapshot {
     pub start_time: u64,
     pub now: u64,
     pub worker_starts: u64,
+    pub threads: ThreadsSnapshot,
     pub apps: Vec<AppSnapshot>,
+}
+
+/// The threads of every live worker process, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadsSnapshot {
+    /// Worker processes counted.
+    pub processes: u64,
+    /// Running a request.
+    pub busy: u64,
+    /// Holding a request that waits to enter Python (the GIL).
+    pub waiting: u64,
+    /// The rest: waiting for work (nginx's pool), or serving nothing of an app (Apache).
+    pub idle: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -314,6 +468,7 @@ pub struct AppSnapshot {
     pub name: String,
     pub requests: [u64; 5],
     pub in_flight: u64,
+    pub waiting: u64,
     /// Cumulative counts for DURATION_BUCKETS, then +Inf.
     pub duration_buckets: Vec<u64>,
     pub duration_count: u64,
@@ -378,6 +533,59 @@ mod tests {
         // SAFETY: as above.
         unsafe { Metrics::init(base) };
         assert_eq!(a.snapshot().worker_starts, 2);
+    }
+
+    #[test]
+    fn thread_gauges_count_live_processes_only() {
+        let mem = block();
+        let base = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: as above.
+        let m = unsafe {
+            Metrics::init(base);
+            Metrics::attach(base)
+        };
+        let mine = m.claim_process().unwrap();
+        mine.set_pool(16, 15);
+        let apache_like = m.claim_process().unwrap();
+        apache_like.set_threads(4);
+        apache_like.enter(ThreadState::Busy);
+        apache_like.enter(ThreadState::Waiting);
+        apache_like.enter(ThreadState::Waiting);
+        apache_like.leave(ThreadState::Waiting);
+        let t = m.snapshot().threads;
+        assert_eq!((t.processes, t.busy, t.waiting, t.idle), (2, 2, 1, 17));
+        // A slot of a process that is gone counts no more, and is taken over.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = u64::from(child.id());
+        child.wait().unwrap();
+        apache_like.pid.store(dead, Relaxed);
+        assert_eq!(m.snapshot().threads.processes, 1);
+        let again = m.claim_process().unwrap();
+        assert!(std::ptr::eq(again, apache_like));
+        assert_eq!(m.snapshot().threads.busy, 1);
+        again.release();
+        mine.leave(ThreadState::Busy);
+        mine.release();
+        assert_eq!(m.snapshot().threads, ThreadsSnapshot::default());
+    }
+
+    #[test]
+    fn waiting_never_goes_below_zero() {
+        let mem = block();
+        let base = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: as above.
+        let m = unsafe {
+            Metrics::init(base);
+            Metrics::attach(base)
+        };
+        let a = m.app("/w").unwrap();
+        a.wait();
+        a.wait();
+        a.stop_waiting();
+        assert_eq!(m.snapshot().apps[0].waiting, 1);
+        a.stop_waiting();
+        a.stop_waiting();
+        assert_eq!(m.snapshot().apps[0].waiting, 0);
     }
 
     #[test]

@@ -120,6 +120,24 @@ pub fn prometheus(snap: &Snapshot, info: &ServerInfo) -> String {
         "Worker processes started since the server started.",
     );
     let _ = writeln!(o, "rwsgi_worker_starts_total {}", snap.worker_starts);
+    family(
+        &mut o,
+        "rwsgi_worker_processes",
+        "gauge",
+        "Worker processes running now.",
+    );
+    let _ = writeln!(o, "rwsgi_worker_processes {}", snap.threads.processes);
+    family(
+        &mut o,
+        "rwsgi_threads",
+        "gauge",
+        "Threads of the worker processes: running a request (busy), holding one that waits \
+         to enter Python (waiting), or neither (idle).",
+    );
+    let t = &snap.threads;
+    for (state, n) in [("busy", t.busy), ("waiting", t.waiting), ("idle", t.idle)] {
+        let _ = writeln!(o, "rwsgi_threads{{state=\"{state}\"}} {n}");
+    }
 
     family(
         &mut o,
@@ -148,6 +166,21 @@ pub fn prometheus(snap: &Snapshot, info: &ServerInfo) -> String {
             "rwsgi_requests_in_flight{{app=\"{}\"}} {}",
             label(&app.name),
             app.in_flight
+        );
+    }
+    family(
+        &mut o,
+        "rwsgi_requests_waiting",
+        "gauge",
+        "Requests of those in flight that wait to run: for a thread (nginx) or to enter \
+         Python (Apache).",
+    );
+    for app in &snap.apps {
+        let _ = writeln!(
+            o,
+            "rwsgi_requests_waiting{{app=\"{}\"}} {}",
+            label(&app.name),
+            app.waiting
         );
     }
     family(
@@ -191,7 +224,7 @@ pub fn prometheus(snap: &Snapshot, info: &ServerInfo) -> String {
         ),
         (
             "rwsgi_app_import_failures_total",
-            "Times a worker failed to import the app.",
+            "Times loading the app failed: at a worker's start, or retried by a request.",
             |a| a.import_failures,
         ),
     ];
@@ -226,13 +259,18 @@ pub fn json(snap: &Snapshot, info: &ServerInfo) -> String {
     let _ = write!(
         o,
         "{{\"server\":{},\"rwsgi_version\":{},\"python_version\":{},\"start_time\":{},\
-         \"uptime_seconds\":{},\"worker_starts\":{},\"apps\":[",
+         \"uptime_seconds\":{},\"worker_starts\":{},\"worker_processes\":{},\
+         \"threads\":{{\"busy\":{},\"waiting\":{},\"idle\":{}}},\"apps\":[",
         json_str(info.server),
         json_str(RWSGI_VERSION),
         json_str(&info.python_version),
         snap.start_time,
         snap.now.saturating_sub(snap.start_time),
-        snap.worker_starts
+        snap.worker_starts,
+        snap.threads.processes,
+        snap.threads.busy,
+        snap.threads.waiting,
+        snap.threads.idle
     );
     for (i, app) in snap.apps.iter().enumerate() {
         if i > 0 {
@@ -253,12 +291,13 @@ pub fn json(snap: &Snapshot, info: &ServerInfo) -> String {
         let _ = write!(
             o,
             "{{\"app\":{},\"requests_total\":{},\"requests\":{{{}}},\"in_flight\":{},\
-             \"duration_seconds\":{{\"count\":{},\"sum\":{},\"buckets\":{{{}}}}},\
+             \"waiting\":{},\"duration_seconds\":{{\"count\":{},\"sum\":{},\"buckets\":{{{}}}}},\
              \"bytes_out\":{},\"client_aborts\":{},\"queue_full\":{},\"import_failures\":{}}}",
             json_str(&app.name),
             total(app),
             requests.join(","),
             app.in_flight,
+            app.waiting,
             app.duration_count,
             app.duration_sum,
             buckets.join(","),
@@ -290,7 +329,8 @@ pub fn html(snap: &Snapshot, info: &ServerInfo) -> String {
          td:first-child,th:first-child{{text-align:left}}</style></head><body>\n\
          <h1>rwsgi status</h1>\n<p>{} · rwsgi {} · Python {}<br>up {}d {:02}:{:02}:{:02} · \
          {} worker starts · <a href=\"?format=json\">JSON</a> · \
-         <a href=\"?format=prometheus\">Prometheus</a></p>\n",
+         <a href=\"?format=prometheus\">Prometheus</a><br>{} worker processes · threads: \
+         {} busy, {} waiting, {} idle</p>\n",
         html_escape(info.server),
         RWSGI_VERSION,
         html_escape(&info.python_version),
@@ -298,10 +338,14 @@ pub fn html(snap: &Snapshot, info: &ServerInfo) -> String {
         uptime % 86400 / 3600,
         uptime % 3600 / 60,
         uptime % 60,
-        snap.worker_starts
+        snap.worker_starts,
+        snap.threads.processes,
+        snap.threads.busy,
+        snap.threads.waiting,
+        snap.threads.idle
     );
     o.push_str(
-        "<table>\n<tr><th>app</th><th>requests</th><th>in flight</th><th>1xx</th><th>2xx</th>\
+        "<table>\n<tr><th>app</th><th>requests</th><th>in flight</th><th>waiting</th><th>1xx</th><th>2xx</th>\
          <th>3xx</th><th>4xx</th><th>5xx</th><th>mean time</th><th>bytes out</th>\
          <th>client aborts</th><th>queue full</th><th>import failures</th></tr>\n",
     );
@@ -317,12 +361,13 @@ pub fn html(snap: &Snapshot, info: &ServerInfo) -> String {
         let [c1, c2, c3, c4, c5] = app.requests;
         let _ = writeln!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{c1}</td><td>{c2}</td><td>{c3}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{c1}</td><td>{c2}</td><td>{c3}</td>\
              <td>{c4}</td><td>{c5}</td><td>{mean}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td></tr>",
             html_escape(&app.name),
             total(app),
             app.in_flight,
+            app.waiting,
             app.bytes_out,
             app.client_aborts,
             app.queue_full,
@@ -330,7 +375,7 @@ pub fn html(snap: &Snapshot, info: &ServerInfo) -> String {
         );
     }
     if snap.apps.is_empty() {
-        o.push_str("<tr><td colspan=\"13\">no requests yet</td></tr>\n");
+        o.push_str("<tr><td colspan=\"14\">no requests yet</td></tr>\n");
     }
     o.push_str("</table>\n</body></html>\n");
     o
@@ -345,6 +390,7 @@ mod tests {
             name: "/a\"b".into(),
             requests: [0, 3, 0, 1, 0],
             in_flight: 1,
+            waiting: 1,
             duration_buckets: vec![1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 4, 4],
             duration_count: 4,
             duration_sum: 7.5,
@@ -355,6 +401,12 @@ mod tests {
             start_time: 100,
             now: 200,
             worker_starts: 2,
+            threads: crate::metrics::ThreadsSnapshot {
+                processes: 2,
+                busy: 1,
+                waiting: 0,
+                idle: 31,
+            },
             apps: vec![app],
         };
         let info = ServerInfo {
@@ -401,13 +453,28 @@ mod tests {
             p.contains("rwsgi_request_duration_seconds_bucket{app=\"/a\\\"b\",le=\"0.005\"} 1\n")
         );
         assert!(p.contains("rwsgi_info{server=\"nginx\""));
+        assert!(p.contains("rwsgi_threads{state=\"idle\"} 31\n"), "{p}");
+        assert!(
+            p.contains("rwsgi_requests_waiting{app=\"/a\\\"b\"} 1\n"),
+            "{p}"
+        );
+        assert!(p.contains("rwsgi_worker_processes 2\n"));
         let j = json(&snap, &info);
         assert!(
             j.contains("\"app\":\"/a\\\"b\",\"requests_total\":4"),
             "{j}"
         );
         assert!(j.contains("\"uptime_seconds\":100"));
+        assert!(
+            j.contains("\"threads\":{\"busy\":1,\"waiting\":0,\"idle\":31}"),
+            "{j}"
+        );
+        assert!(j.contains("\"in_flight\":1,\"waiting\":1,"), "{j}");
         let h = html(&snap, &info);
-        assert!(h.contains("<td>/a&quot;b</td><td>4</td><td>1</td>"), "{h}");
+        assert!(
+            h.contains("<td>/a&quot;b</td><td>4</td><td>1</td><td>1</td>"),
+            "{h}"
+        );
+        assert!(h.contains("threads: 1 busy, 0 waiting, 31 idle"), "{h}");
     }
 }

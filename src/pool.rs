@@ -10,10 +10,12 @@
 //! when none is idle: an app that waits on a database or an HTTP call needs a thread per
 //! request in flight. Threads beyond the minimum that stay idle for `RETIRE_AFTER` exit.
 //! A full queue is reported to the caller so the server can answer 503 instead of piling
-//! up work.
+//! up work. The pool's threads, and how many wait for work, go to the status page's
+//! gauges when the server asks ([`WorkerPool::report_threads`]).
 
+use crate::metrics::ProcessGauges;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,8 @@ struct Shared {
     threads: Threads,
     session: Session,
     farewell: Farewell,
+    /// Where the thread counts go, once the server says (report_threads).
+    gauges: OnceLock<&'static ProcessGauges>,
 }
 
 #[derive(Default)]
@@ -111,6 +115,7 @@ impl WorkerPool {
             },
             session,
             farewell,
+            gauges: OnceLock::new(),
         });
         for _ in 0..min {
             shared.lock().total += 1;
@@ -121,6 +126,14 @@ impl WorkerPool {
             .name("rwsgi-monitor".into())
             .spawn(move || monitor.monitor())?;
         Ok(WorkerPool { shared })
+    }
+
+    /// Keeps `gauges` up to date with the pool's threads and how many of them wait for
+    /// work, from now on.
+    pub fn report_threads(&self, gauges: &'static ProcessGauges) {
+        let state = self.shared.lock();
+        let _ = self.shared.gauges.set(gauges);
+        self.shared.publish(&state);
     }
 
     /// Queues a job and wakes a thread if none is draining the queue. Gives the job back
@@ -203,6 +216,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sends the thread counts to the gauges, if any; the caller holds the lock, so that
+    /// counts from two threads are not stored out of order.
+    fn publish(&self, state: &State) {
+        if let Some(gauges) = self.gauges.get() {
+            gauges.set_pool(state.total, state.idle);
+        }
+    }
+
     /// Starts one more thread (already counted in `total`, and in `starting` when it is
     /// started for waiting jobs).
     fn spawn(self: &Arc<Self>, starting: bool) -> std::io::Result<()> {
@@ -217,6 +238,7 @@ impl Shared {
             if starting {
                 state.starting -= 1;
             }
+            self.publish(&state);
         }
         started.map(|_| ())
     }
@@ -229,6 +251,7 @@ impl Shared {
             }
             while state.queue.is_empty() {
                 state.idle += 1;
+                self.publish(&state);
                 let (next, waited) = self
                     .work
                     .wait_timeout(state, RETIRE_AFTER)
@@ -238,12 +261,14 @@ impl Shared {
                 state.starting = state.starting.saturating_sub(1);
                 if waited.timed_out() && state.queue.is_empty() && state.total > self.threads.min {
                     state.total -= 1;
+                    self.publish(&state);
                     drop(state);
                     (self.farewell)();
                     return;
                 }
             }
             state.running += 1;
+            self.publish(&state);
             drop(state);
             // Stay "running" until the session has let go of the GIL and the queue is
             // still empty: a thread woken earlier would only wait for our GIL.
@@ -299,6 +324,7 @@ impl Shared {
                 if uncovered > wake && state.total < self.threads.max {
                     state.total += 1;
                     state.starting += 1;
+                    self.publish(&state);
                     drop(state);
                     // A thread that cannot start leaves the jobs to the others.
                     let _ = self.spawn(true);
@@ -446,6 +472,40 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
         assert_eq!(pool.shared.lock().total, 2);
+    }
+
+    #[test]
+    fn reports_busy_and_idle_threads() {
+        use crate::metrics::Metrics;
+        let mem = Box::leak(vec![0u64; Metrics::SIZE / 8 + 1].into_boxed_slice());
+        let base = mem.as_mut_ptr() as *mut u8;
+        // SAFETY: zeroed, aligned, leaked memory of the right size.
+        let metrics = unsafe {
+            Metrics::init(base);
+            Metrics::attach(base)
+        };
+        let pool = WorkerPool::start(Threads::fixed(3), 10, plain, nothing).unwrap();
+        pool.report_threads(metrics.claim_process().unwrap());
+        let threads = || metrics.snapshot().threads;
+        let settled = |busy, idle| {
+            (0..200).any(|_| {
+                let t = threads();
+                thread::sleep(Duration::from_millis(10));
+                (t.busy, t.idle) == (busy, idle)
+            })
+        };
+        assert!(settled(0, 3), "{:?}", threads());
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel();
+        pool.submit(Box::new(move || {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        }))
+        .unwrap_or_else(|_| panic!("queue full"));
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(settled(1, 2), "{:?}", threads());
+        drop(release_tx);
+        assert!(settled(0, 3), "{:?}", threads());
     }
 
     #[test]

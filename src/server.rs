@@ -139,6 +139,18 @@ pub enum LogLevel {
     Info,
 }
 
+/// Points in a request's life that the engine tells its server about, for the status
+/// page's gauges and counters ([`ResponseSink::stage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The engine holds the GIL and is about to call the app: the request no longer waits
+    /// to enter Python.
+    Running,
+    /// The app could not be loaded (its import failed or it has no such callable): the
+    /// request gets a 500, and the next one tries again.
+    LoadFailed,
+}
+
 /// What [`ResponseSink::offer`] tells the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -170,6 +182,10 @@ pub trait ResponseSink: Send + Sync {
         self.send(events).map(|()| Flow::Open)
     }
     /// One line for the server's error log, in the request's context where possible.
-    /// Never blocks (see above).
+    /// Never blocks (see above). The server labels it (rwsgi::LogLabel); the engine
+    /// passes the bare message.
     fn log(&self, level: LogLevel, message: &str);
+    /// The request reached `stage`. Called with the GIL held, at most once per stage:
+    /// never blocks (a few atomic adds). By default nothing is counted.
+    fn stage(&self, _stage: Stage) {}
 }

@@ -168,10 +168,10 @@ def test_mod_wsgi_config_runs_unchanged_with_the_same_environ(apache):
     # and for the reasons they stand for: httpd's access rules, mod_rwsgi's missing script
     log = ours.error_log()
     assert re.search(r"client denied by server configuration: \S*/private/secret\.py", log), log
-    assert re.search(r"mod_rwsgi: target WSGI script not found or unable to stat: "
+    assert re.search(r"rwsgi\[app=\S+ req=\S+\]: target WSGI script not found or unable to stat: "
                      r"\S*/no_such_script\.wsgi", log), log
     assert got["/anything/else"] == [200, "Hello, world!\n"]
-    assert "mod_rwsgi: every WSGI application group runs in the main Python interpreter" \
+    assert "rwsgi: every WSGI application group runs in the main Python interpreter" \
         in ours.error_log()
     # apache.version: mod_wsgi reports the httpd it was compiled against, mod_rwsgi the
     # running one

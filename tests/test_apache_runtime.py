@@ -173,7 +173,7 @@ def test_import_script_and_grouped_alias_are_preloaded(apache):
             pid = int(get(s.port, path).body)
             assert s.marker(f"{name}-{pid}").read_text() == "imported\n"
     assert get(s.port, "/lazy").status == 200 and list(s.markers.glob("lazy-*"))
-    assert re.search(r"mod_rwsgi: preloaded .*imported\.py", s.error_log())
+    assert re.search(r"rwsgi(\[app=\S+\])?: preloaded .*imported\.py", s.error_log())
 
 
 # ---------------------------------------------------------------- URL mapping
@@ -190,11 +190,11 @@ def test_script_alias_match_substitutes_groups(apache):
     mark, _ = s.log_mark()
     assert get(s.port, "/apps/no_such_app").status == 404
     # the pattern matched, and the script it names is missing (not an unmatched URL)
-    assert s.wait_error_log(r"mod_rwsgi: target WSGI script not found or unable to stat: "
+    assert s.wait_error_log(r"rwsgi\[app=\S+ req=\S+\]: target WSGI script not found or unable to stat: "
                             rf"{re.escape(str(s.apps_dir))}/no_such_app\.py", mark), s.log_tail()
     mark, _ = s.log_mark()
     assert get(s.port, "/other").status == 404
-    assert "mod_rwsgi" not in s.error_log(mark), "an unmatched URL reached mod_rwsgi"
+    assert not re.search(r"rwsgi(\[|:)", s.error_log(mark)), "an unmatched URL reached mod_rwsgi"
 
 
 @pytest.mark.embedded_only("a daemon group runs only the scripts configured for it when Apache started (docs/directives.md, WSGIDaemonProcess); this one is chosen per request")
@@ -217,7 +217,7 @@ def test_addhandler_wsgi_script_needs_execcgi(apache):
     assert env["mod_wsgi.request_handler"] == "wsgi-script"
     mark, _ = s.log_mark()
     assert get(s.port, "/noexec/app.wsgi").status == 403
-    assert s.wait_error_log(r"mod_rwsgi: Options ExecCGI is off in this directory: "
+    assert s.wait_error_log(r"rwsgi\[app=\S+ req=\S+\]: Options ExecCGI is off in this directory: "
                             rf"{re.escape(str(s.run))}/noexec/app\.wsgi", mark), s.log_tail()
 
 

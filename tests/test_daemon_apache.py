@@ -100,8 +100,11 @@ def test_app_log_lines_reach_the_error_log_with_the_request(site):
     text = site.wait_error_log(rf"a line for the error log: {t}", mark)
     assert text, site.error_log(mark)
     line = [l for l in text.splitlines() if t in l][0]
-    # written by the Apache child in the request's context (client address)
+    # written by the Apache child in the request's context (client address), behind the
+    # request's label (its log id, %L), once: the app process adds none
     assert "[client 127.0.0.1:" in line, line
+    assert re.search(rf"rwsgi\[app=/app req=\S+\]: a line for the error log: {t}", line), line
+    assert line.count("rwsgi[") == 1, line
 
 
 def test_post_echo_large_and_chunked(site):

@@ -90,6 +90,11 @@ def test_serves_a_request_end_to_end(start_app):
     a = p.request("/hello")
     assert a.status == 200 and a.final == "end"
     assert json.loads(a.body)["pid"] == p.proc.pid
+    # A server that asks is told when the request entered Python (its gauges); one that
+    # does not ask (an older module) gets no frame it would not know.
+    assert a.stages == []
+    a = p.request("/hello", stages=True)
+    assert a.status == 200 and a.stages == ["running"]
 
 
 def test_body_is_pulled_only_when_the_app_reads_it(start_app):

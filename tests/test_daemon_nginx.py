@@ -204,8 +204,9 @@ def test_wsgi_errors_reach_the_error_log_with_the_request(daemon_server):
     s = daemon_server
     mark, _ = s.log_mark()
     assert get_json(s.port, "/g1/errors?tag=abc123")["logged"] is True
-    assert s.wait_error_log(r"wsgi: group g1: a line for the error log: abc123.*"
-                            r"request: \"GET /g1/errors\?tag=abc123", mark), s.error_log(mark)
+    # Behind the request's label, as an embedded request's line (tests/test_logs.py).
+    assert s.wait_error_log(r"rwsgi\[app=/g1 req=[0-9a-f]{32}\]: a line for the error log: "
+                            r"abc123.*request: \"GET /g1/errors\?tag=abc123", mark), s.error_log(mark)
 
 
 def test_missing_group_socket_is_503_at_once(daemon_server):

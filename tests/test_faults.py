@@ -17,7 +17,7 @@ from harness.nginx import FAULT_MODULE, NginxServer
 pytestmark = [pytest.mark.server_side, pytest.mark.only("nginx")]
 
 MOUNTS = [Mount("/hello", "hello.py"), Mount("/stream", "stream_app.py")]
-PANIC = r"\[alert\].*wsgi: (?:output|daemon connection) panicked at \S*output\.rs:\d+:\d+: fault injected at {}"
+PANIC = r"\[alert\].*rwsgi\[app=\S+ req=\S+\]: (?:output|daemon connection) panicked at \S*output\.rs:\d+:\d+: fault injected at {}"
 
 
 @pytest.fixture

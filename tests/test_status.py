@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from harness import http
-from harness.common import Mount, wait_until
+from harness.common import Mount, daemon_app, wait_until
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -163,8 +163,16 @@ def test_html_page(status_server):
     assert r.header("Cache-Control") == "no-store"
     page = r.body.decode()
     assert "<h1>rwsgi status</h1>" in page
-    assert re.search(r"<td>/hello</td><td>3</td><td>0</td><td>0</td><td>3</td>", page), page
+    # app, requests, in flight, waiting, 1xx, 2xx
+    assert re.search(r"<td>/hello</td><td>3</td><td>0</td><td>0</td><td>0</td><td>3</td>", page), page
     assert "2 worker starts" in page
+    # The gauges settle on their own time: a worker's threads count once its pool has
+    # started (after its start is counted), and a thread is idle once back in its pool,
+    # which can be just after its client has the response.
+    settled = {"busy": 0, "waiting": 0, "idle": 16}
+    assert wait_until(lambda: status_json(srv)["threads"] == settled, 10), status_json(srv)
+    page = http.get(srv.port, "/rwsgi-status").body.decode()
+    assert "2 worker processes · threads: 0 busy, 0 waiting, 16 idle" in page, page
 
 
 def test_access_control_is_the_servers(status_server):
@@ -195,12 +203,13 @@ def test_stuck_request_logged_with_its_stack(kind, make_server):
     assert line, rid_log.read_text()
     rid = line.split()[0]
     log = srv.error_log(mark)
-    head = re.findall(rf"request {re.escape(rid)} \"GET /sleep\?t=2.6&tag={tag} HTTP/1.1\" "
-                      rf"to app /sleep still in progress after (\d+) s", log)
+    label = re.escape(f"rwsgi[app=/sleep req={rid}]: ")
+    head = re.findall(rf"{label}request \"GET /sleep\?t=2.6&tag={tag} HTTP/1.1\" "
+                      rf"still in progress after (\d+) s", log)
     assert head and head[0] == "1", log
     assert len(head) >= 2, f"not reported again after another second:\n{log}"
-    assert re.search(rf"request {re.escape(rid)}:\s+File \".*sleep_app.py\", line \d+, in application", log), log
-    assert re.search(rf"request {re.escape(rid)}:\s+time.sleep\(t\)", log), log
+    assert re.search(rf"{label}\s+File \".*sleep_app.py\", line \d+, in application", log), log
+    assert re.search(rf"{label}\s+time.sleep\(t\)", log), log
     # A quick request is never reported.
     mark, _ = srv.log_mark()
     http.get(srv.port, "/hello")
@@ -257,7 +266,8 @@ def test_queue_full_counted(make_server):
                            "group imports in its own processes")
 def test_import_failures_counted(kind, make_server):
     """nginx imports every app when a worker starts; Apache the scripts it preloads (an
-    alias naming both groups, as mod_wsgi does)."""
+    alias naming both groups, as mod_wsgi does). A failed app is tried again by each
+    request, and each failure counts."""
     config = status_config(kind)
     if kind == "nginx":
         mounts = MOUNTS + [Mount("/broken", "errors_app.py", callable="no_such_callable")]
@@ -269,10 +279,134 @@ def test_import_failures_counted(kind, make_server):
     assert wait_until(lambda: status_json(srv)["worker_starts"] == 2, 10)
     assert wait_until(lambda: app_of(status_json(srv), "/broken")["import_failures"] == 2, 10), \
         status_json(srv)
-    assert http.get(srv.port, "/broken").status == 500
+    # The start-up lines name the app.
+    failed = "cannot load" if kind == "nginx" else "failed to load"
+    assert re.search(rf"rwsgi\[app=/broken\]: {failed} .*errors_app\.py", srv.error_log()), srv.error_log()
+    for _ in range(3):
+        assert http.get(srv.port, "/broken").status == 500
     doc = status_json(srv)
-    assert app_of(doc, "/broken")["requests"]["5xx"] == 1
+    assert app_of(doc, "/broken")["requests"]["5xx"] == 3
+    assert app_of(doc, "/broken")["import_failures"] == 2 + 3
     assert app_of(doc, "/hello")["import_failures"] == 0
+
+
+@pytest.mark.only("apache")
+def test_apache_import_failures_on_first_request_counted(make_server):
+    """A WSGIScriptAlias that is not preloaded imports its script on its first request:
+    each request that finds it failing counts, no more (and no start-up failure)."""
+    config = status_config("apache")
+    config["extra"].append("WSGIScriptAlias /lazy {apps}/errors_app.py callable-object=no_such_callable")
+    srv = make_server(MOUNTS, workers=2, **config)
+    assert wait_until(lambda: status_json(srv)["worker_starts"] == 2, 10)
+    assert app_of(status_json(srv), "/lazy")["import_failures"] == 0
+    n = 5
+    for _ in range(n):
+        assert http.get(srv.port, "/lazy").status == 500
+    assert http.get(srv.port, "/hello").status == 200
+    doc = status_json(srv)
+    lazy = app_of(doc, "/lazy")
+    assert lazy["import_failures"] == n and lazy["requests"]["5xx"] == n, lazy
+    assert lazy["in_flight"] == lazy["waiting"] == 0
+    assert app_of(doc, "/hello")["import_failures"] == 0
+
+
+def test_threads_busy_while_the_app_runs(status_server):
+    """2 workers of 8 threads: idle at rest, one busy while a request sleeps in the app,
+    idle again after; in all three forms."""
+    srv = status_server
+
+    def threads():
+        return status_json(srv)["threads"]
+
+    assert wait_until(lambda: threads() == {"busy": 0, "waiting": 0, "idle": 16}, 10), threads()
+    assert status_json(srv)["worker_processes"] == 2
+    done = []
+    t = threading.Thread(target=lambda: done.append(http.get(srv.port, "/sleep?t=1.5&token=busy")))
+    t.start()
+    assert srv.wait_marker("busy.sleeping", 5)
+    assert threads() == {"busy": 1, "waiting": 0, "idle": 15}, threads()
+    prom = http.get(srv.port, "/rwsgi-status?format=prometheus").body.decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(prom) for s in f.samples}
+    assert samples[("rwsgi_threads", (("state", "busy"),))] == 1
+    assert samples[("rwsgi_threads", (("state", "idle"),))] == 15
+    assert samples[("rwsgi_worker_processes", ())] == 2
+    assert samples[("rwsgi_requests_waiting", (("app", "/sleep"),))] == 0
+    t.join()
+    assert done[0].status == 200
+    assert wait_until(lambda: threads() == {"busy": 0, "waiting": 0, "idle": 16}, 5), threads()
+
+
+def test_requests_waiting_to_enter_python(kind, make_server):
+    """While one request holds the GIL, another cannot start: it waits in nginx's queue
+    for a thread, on its own httpd thread for the GIL on Apache; counted for its app (and
+    as a waiting thread on Apache) until it runs."""
+    mounts = MOUNTS + [Mount("/logs", "log_app.py")]
+    srv = make_server(mounts, workers=1, threads=4, **status_config(kind))
+    results = []
+    holder = threading.Thread(target=lambda: results.append(
+        http.get(srv.port, "/logs?hold_gil=3&token=gil")))
+    holder.start()
+    assert srv.wait_marker("gil.holding", 5)
+    waiter = threading.Thread(target=lambda: results.append(http.get(srv.port, "/hello")))
+    waiter.start()
+
+    def waiting():
+        doc = status_json(srv)
+        return app_of(doc, "/hello")["waiting"], doc["threads"]["waiting"]
+
+    expected = (1, 1 if kind == "apache" else 0)
+    assert wait_until(lambda: waiting() == expected, 2.5), waiting()
+    assert app_of(status_json(srv), "/hello")["in_flight"] == 1
+    holder.join()
+    waiter.join()
+    assert [r.status for r in results] == [200, 200], results
+    assert wait_until(lambda: waiting() == (0, 0), 5), waiting()
+    doc = status_json(srv)
+    assert app_of(doc, "/hello")["requests"]["2xx"] == 1 and app_of(doc, "/hello")["in_flight"] == 0
+
+
+def test_daemon_requests_counted(kind, make_server):
+    """In a daemon process group the app process's engine says when a request entered
+    Python and when its app failed to load (STAGE frames): the server counts a request
+    as waiting until then (and, on Apache, its proxying thread as waiting, then busy),
+    and each failed load as an import failure, as in embedded mode."""
+    config = status_config(kind)
+    mounts = MOUNTS + daemon_app(kind, config, "/dlogs", "log_app.py", "held")
+    mounts += daemon_app(kind, config, "/dbroken", "errors_app.py", "broken",
+                         callable="no_such_callable")
+    srv = make_server(mounts, workers=1, threads=4, **config)
+    n = 3
+    for _ in range(n):
+        assert http.get(srv.port, "/dbroken").status == 500
+    broken = app_of(status_json(srv), "/dbroken")
+    assert broken["import_failures"] == n and broken["requests"]["5xx"] == n, broken
+    assert broken["in_flight"] == broken["waiting"] == 0, broken
+    assert app_of(status_json(srv), "/hello")["import_failures"] == 0
+
+    # One request holds its app process's GIL; the group's second thread takes the next
+    # one, which cannot enter Python until then.
+    results = []
+    holder = threading.Thread(target=lambda: results.append(
+        http.get(srv.port, "/dlogs?hold_gil=3&token=dgil")))
+    holder.start()
+    assert srv.wait_marker("dgil.holding", 10)
+    waiter = threading.Thread(target=lambda: results.append(http.get(srv.port, "/dlogs?tag=w")))
+    waiter.start()
+
+    def gauges():
+        doc = status_json(srv)
+        app = app_of(doc, "/dlogs")
+        return app["in_flight"], app["waiting"], doc["threads"]["busy"], doc["threads"]["waiting"]
+
+    # The holder ran (it is not waiting): its STAGE came through.
+    expected = (2, 1, 1, 1) if kind == "apache" else (2, 1, 0, 0)
+    assert wait_until(lambda: gauges() == expected, 2.5), gauges()
+    holder.join()
+    waiter.join()
+    assert sorted(r.status for r in results) == [200, 500], results
+    assert wait_until(lambda: gauges() == (0, 0, 0, 0), 5), gauges()
+    assert app_of(status_json(srv), "/dlogs")["import_failures"] == 0
 
 
 @pytest.mark.only("nginx")  # nginx notices the client leaving while the app runs

@@ -4,7 +4,8 @@
 //! pulling the client's body through httpd's input filters only then (so `Expect:
 //! 100-continue` stays lazy), the response events go to the very sink embedded mode
 //! uses (sink.rs), FILE descriptors become file buckets (sendfile), LOG lines go to the
-//! error log in the request's context.
+//! error log in the request's context and behind its label, as embedded mode's do (the
+//! app process sends them bare).
 //!
 //! Failures: no connection within connect-timeout is 503; no frame within socket-timeout
 //! is 504 before the response head and a cut response after it; a connection that ends
@@ -20,9 +21,10 @@ use crate::live::Live;
 use crate::log::{self, Level};
 use crate::req::Req;
 use crate::sink::ApacheSink;
+use crate::status::Phase;
 use rwsgi::daemon::messages::{now_us, AppRef, FromApp, RequestFrame, ToApp};
 use rwsgi::daemon::DATA_FRAME;
-use rwsgi::{BodyReader, OutputEvent, Request, ResponseSink};
+use rwsgi::{BodyReader, LogLabel, OutputEvent, Request, ResponseSink};
 use std::ffi::c_int;
 use std::io;
 use std::sync::Arc;
@@ -43,10 +45,17 @@ pub struct Proxied {
     pub declared: Option<u64>,
 }
 
-/// Runs the request in `group` and returns the handler's status.
-pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
+/// Runs the request in `group` and returns the handler's status. `label` is its log
+/// lines'; `phase` its place on the status page's gauges.
+pub fn serve(
+    req: Req<'_>,
+    group: &Group,
+    proxied: Proxied,
+    label: Arc<LogLabel>,
+    phase: Arc<Phase>,
+) -> c_int {
     let Some(_held) = group.enter() else {
-        return refuse_busy(req, group);
+        return refuse_busy(req, &label, group);
     };
     let what = String::from_utf8_lossy(req.the_request().unwrap_or_default()).into_owned();
     let connected_at_us = now_us();
@@ -56,8 +65,9 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
             log::for_request(
                 req,
                 Level::Error,
+                &label,
                 &format!(
-                    "mod_rwsgi: cannot reach daemon process group {} at {} within \
+                    "cannot reach daemon process group {} at {} within \
                      connect-timeout={} s ({} attempts, last: {}): answering 503",
                     group.name,
                     group.socket.display(),
@@ -73,6 +83,7 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
     ToApp::Request(Box::new(RequestFrame {
         secret: group.secret,
         accepts_files: true,
+        accepts_stages: true,
         connected_at_us,
         app: proxied.app,
         request: proxied.request,
@@ -85,8 +96,9 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
         log::for_request(
             req,
             Level::Error,
+            &label,
             &format!(
-                "mod_rwsgi: cannot send the request to daemon process group {}: {e}",
+                "cannot send the request to daemon process group {}: {e}",
                 group.name
             ),
         );
@@ -95,12 +107,12 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
     drop(first);
 
     // From here the request is reached through Live only, as in embedded mode.
-    let live = Arc::new(Live::new(req.ptr(), proxied.sendfile));
+    let live = Arc::new(Live::new(req.ptr(), proxied.sendfile, label));
     let mut relay = Relay {
         stream,
         live: live.clone(),
         body: ApacheBody::new(live.clone(), proxied.declared),
-        sink: ApacheSink::new(live.clone()),
+        sink: ApacheSink::new(live.clone(), phase),
         group,
         what,
         body_open: true,
@@ -119,12 +131,13 @@ pub fn serve(req: Req<'_>, group: &Group, proxied: Proxied) -> c_int {
 }
 
 /// Over the group's cap in this child: 503 at once, so the thread goes back to Apache.
-fn refuse_busy(req: Req<'_>, group: &Group) -> c_int {
+fn refuse_busy(req: Req<'_>, label: &LogLabel, group: &Group) -> c_int {
     log::for_request(
         req,
         Level::Warn,
+        label,
         &format!(
-            "mod_rwsgi: daemon process group {} already holds {} Apache threads of this \
+            "daemon process group {} already holds {} Apache threads of this \
              process (its processes x threads): answering 503 to {}",
             group.name,
             group.cap,
@@ -214,6 +227,9 @@ impl Relay<'_> {
                     self.answer_read(n);
                 }
                 Ok(FromApp::Log(level, message)) => self.live.log(level, &message),
+                // The app process's engine reached a stage: the gauges and the import
+                // failures count it here, as for embedded mode.
+                Ok(FromApp::Stage(stage)) => self.sink.stage(stage),
                 Ok(FromApp::Event(event)) => {
                     let last = event.is_final();
                     match &event {
@@ -281,7 +297,7 @@ impl Relay<'_> {
             Err(e) => {
                 self.live.log(
                     Level::Info,
-                    &format!("mod_rwsgi: {e}: the app's read of wsgi.input fails"),
+                    &format!("{e}: the app's read of wsgi.input fails"),
                 );
                 self.body_open = false;
                 self.stream.shutdown_write();
@@ -325,7 +341,7 @@ impl Relay<'_> {
         };
         self.live.log(
             Level::Error,
-            &format!("mod_rwsgi: {why}: {outcome} to \"{}\"", self.what),
+            &format!("{why}: {outcome} to \"{}\"", self.what),
         );
         if passed {
             let _ = self.sink.send(&mut vec![OutputEvent::Abort]);

@@ -78,7 +78,7 @@ pub unsafe fn post_config(pconf: *mut apr_pool_t, s: *mut server_rec) -> Result<
                     s,
                     Level::Info,
                     &format!(
-                        "mod_rwsgi: no daemon process groups in {} any more: its supervisor \
+                        "no daemon process groups in {} any more: its supervisor \
                          stops them once their requests are done",
                         old_dir.display()
                     ),
@@ -156,7 +156,7 @@ pub unsafe fn post_config(pconf: *mut apr_pool_t, s: *mut server_rec) -> Result<
             s,
             Level::Info,
             &format!(
-                "mod_rwsgi: daemon process groups {} run under the rwsgi supervisor of {}{}",
+                "daemon process groups {} run under the rwsgi supervisor of {}{}",
                 names.join(", "),
                 dir.display(),
                 if table.python {

@@ -18,7 +18,7 @@ pub fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
             // while httpd re-reads its configuration, ap_server_conf still points into the
             // cleared previous generation; with NULL httpd logs to its stderr log.
             let _ = catch_unwind(|| {
-                let message = format!("mod_rwsgi: internal error in {what}: {detail}");
+                let message = format!("internal error in {what}: {detail}");
                 // SAFETY: a NULL server_rec is allowed by ap_log_error.
                 unsafe { crate::log::server(std::ptr::null(), crate::log::Level::Error, &message) }
             });

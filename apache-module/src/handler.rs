@@ -17,7 +17,7 @@ use crate::req::{Req, Table};
 use crate::request::{self, Target};
 use crate::sink::ApacheSink;
 use rwsgi::daemon::AppRef;
-use rwsgi::AppTarget;
+use rwsgi::{AppTarget, LogLabel};
 use std::ffi::c_int;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -39,8 +39,8 @@ fn is_ours(handler: &[u8]) -> bool {
 }
 
 /// The error status for a request httpd refuses before the app runs, with the log line.
-fn refuse(req: Req<'_>, status: u32, message: &str) -> c_int {
-    log::for_request(req, Level::Error, &format!("mod_rwsgi: {message}"));
+fn refuse(req: Req<'_>, label: &LogLabel, status: u32, message: &str) -> c_int {
+    log::for_request(req, Level::Error, label, message);
     status as c_int
 }
 
@@ -52,37 +52,6 @@ fn handle(req: Req<'_>) -> c_int {
         return DECLINED;
     }
     let matched = mapping::matched(req);
-    let filename = req.filename().unwrap_or_default().to_vec();
-    // The script the alias named (httpd's directory walk cuts r->filename short at the
-    // first missing path segment), or the file httpd found for a handler mapping.
-    let script = matched
-        .map(|m| m.script.to_vec())
-        .unwrap_or_else(|| filename.clone());
-    let shown = String::from_utf8_lossy(&script).into_owned();
-    if matched.is_none() && req.allow_options() & OPT_EXECCGI as c_int == 0 {
-        return refuse(
-            req,
-            HTTP_FORBIDDEN,
-            &format!("Options ExecCGI is off in this directory: {shown}"),
-        );
-    }
-    // For an alias, path info left over by the walk means it stopped before the script.
-    let walked_short = matched.is_some() && !req.path_info().unwrap_or_default().is_empty();
-    let kind = req.filetype();
-    if kind == apr_filetype_e_APR_DIR && !walked_short {
-        return refuse(
-            req,
-            HTTP_FORBIDDEN,
-            &format!("attempt to invoke directory as WSGI application: {shown}"),
-        );
-    }
-    if kind != apr_filetype_e_APR_REG || walked_short {
-        return refuse(
-            req,
-            HTTP_NOT_FOUND,
-            &format!("target WSGI script not found or unable to stat: {shown}"),
-        );
-    }
     let (script_name, path_info) = match matched {
         Some(m) => (m.script_name.to_vec(), m.path_info.to_vec()),
         None => {
@@ -94,9 +63,50 @@ fn handle(req: Req<'_>) -> c_int {
             (script_name.to_vec(), path_info.to_vec())
         }
     };
+    // The app's name on the status page and in log lines: its mount.
+    let mount = match String::from_utf8_lossy(&script_name).into_owned() {
+        m if m.is_empty() => "/".to_string(),
+        m => m,
+    };
+    let label = Arc::new(log::request_label(req, &mount));
+    let filename = req.filename().unwrap_or_default().to_vec();
+    // The script the alias named (httpd's directory walk cuts r->filename short at the
+    // first missing path segment), or the file httpd found for a handler mapping.
+    let script = matched
+        .map(|m| m.script.to_vec())
+        .unwrap_or_else(|| filename.clone());
+    let shown = String::from_utf8_lossy(&script).into_owned();
+    if matched.is_none() && req.allow_options() & OPT_EXECCGI as c_int == 0 {
+        return refuse(
+            req,
+            &label,
+            HTTP_FORBIDDEN,
+            &format!("Options ExecCGI is off in this directory: {shown}"),
+        );
+    }
+    // For an alias, path info left over by the walk means it stopped before the script.
+    let walked_short = matched.is_some() && !req.path_info().unwrap_or_default().is_empty();
+    let kind = req.filetype();
+    if kind == apr_filetype_e_APR_DIR && !walked_short {
+        return refuse(
+            req,
+            &label,
+            HTTP_FORBIDDEN,
+            &format!("attempt to invoke directory as WSGI application: {shown}"),
+        );
+    }
+    if kind != apr_filetype_e_APR_REG || walked_short {
+        return refuse(
+            req,
+            &label,
+            HTTP_NOT_FOUND,
+            &format!("target WSGI script not found or unable to stat: {shown}"),
+        );
+    }
     if req.used_path_info() == AP_REQ_REJECT_PATH_INFO as c_int && !path_info.is_empty() {
         return refuse(
             req,
+            &label,
             HTTP_NOT_FOUND,
             "AcceptPathInfo off disallows user's path",
         );
@@ -105,7 +115,12 @@ fn handle(req: Req<'_>) -> c_int {
     // SAFETY: the request's server_rec is live, and its config (in the config pool)
     // outlives the request.
     let Some(server_conf) = (unsafe { config::server(req.server()) }) else {
-        return refuse(req, HTTP_INTERNAL_SERVER_ERROR, "no server configuration");
+        return refuse(
+            req,
+            &label,
+            HTTP_INTERNAL_SERVER_ERROR,
+            "no server configuration",
+        );
     };
 
     // A declared body over LimitRequestBody is refused before the app runs, as mod_wsgi does.
@@ -117,6 +132,7 @@ fn handle(req: Req<'_>) -> c_int {
         if limit > 0 && length > limit {
             return refuse(
                 req,
+                &label,
                 HTTP_REQUEST_ENTITY_TOO_LARGE,
                 &format!("request body of {length} bytes is over LimitRequestBody {limit}"),
             );
@@ -136,11 +152,12 @@ fn handle(req: Req<'_>) -> c_int {
     let group = match &settings.process_group {
         Some(name) => match route(req, table, name, &script, &settings.callable) {
             Ok(group) => Some(group),
-            Err(why) => return refuse(req, HTTP_INTERNAL_SERVER_ERROR, &why),
+            Err(why) => return refuse(req, &label, HTTP_INTERNAL_SERVER_ERROR, &why),
         },
         None if table.restrict_embedded => {
             return refuse(
                 req,
+                &label,
                 HTTP_INTERNAL_SERVER_ERROR,
                 &format!(
                     "WSGIRestrictEmbedded On: {shown} is not in a daemon process group \
@@ -156,6 +173,7 @@ fn handle(req: Req<'_>) -> c_int {
         (None, None) if !table.python => {
             return refuse(
                 req,
+                &label,
                 HTTP_INTERNAL_SERVER_ERROR,
                 &format!(
                     "{shown} would run in Apache's own process (embedded mode), but Python is \
@@ -167,6 +185,7 @@ fn handle(req: Req<'_>) -> c_int {
         (None, None) => {
             return refuse(
                 req,
+                &label,
                 HTTP_INTERNAL_SERVER_ERROR,
                 "Python is not available in this process (see the startup errors)",
             )
@@ -188,10 +207,6 @@ fn handle(req: Req<'_>) -> c_int {
         .table_get(Table::HeadersIn, c"Transfer-Encoding")
         .is_some();
     // Counted as in flight (and watched for WSGIStuckAfter) until `running.end`.
-    let mount = match String::from_utf8_lossy(&script_name).into_owned() {
-        m if m.is_empty() => "/".to_string(),
-        m => m,
-    };
     // A length to read into one buffer, only when the body is not chunked.
     let declared = if chunked {
         None
@@ -201,7 +216,7 @@ fn handle(req: Req<'_>) -> c_int {
     let Some(runtime) = runtime else {
         let group = group.expect("a request without Python is in a group");
         // The app process's own watchdog (request-timeout) reports a stuck request.
-        let running = crate::status::Running::start_unwatched(req, &mount);
+        let running = crate::status::Running::start_unwatched(&mount);
         let proxied = daemon_proxy::Proxied {
             app: AppRef {
                 target: spec.target,
@@ -211,16 +226,16 @@ fn handle(req: Req<'_>) -> c_int {
             sendfile,
             declared,
         };
-        let status = daemon_proxy::serve(req, group, proxied);
+        let status = daemon_proxy::serve(req, group, proxied, label, running.phase());
         running.end(req, status);
         return status;
     };
-    let running = crate::status::Running::start(req, &mount);
+    let running = crate::status::Running::start(req, &mount, label.clone());
     // From here until it is retired, the request is shared with whichever thread runs the
     // app's Python code, through Live only: nothing reads it through `req` meanwhile.
-    let live = Arc::new(Live::new(req.ptr(), sendfile));
+    let live = Arc::new(Live::new(req.ptr(), sendfile, label));
     let body = Box::new(ApacheBody::new(live.clone(), declared));
-    let sink = Arc::new(ApacheSink::new(live.clone()));
+    let sink = Arc::new(ApacheSink::new(live.clone(), running.phase()));
     // ApacheSink::offer waits for the client in send and never says Full (this thread is
     // the request's anyway), so the engine never hands back a parked response.
     let parked = runtime.run(&spec, request, body, sink);

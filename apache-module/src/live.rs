@@ -12,8 +12,9 @@
 
 use crate::bindings::*;
 use crate::log::{self, Level};
+use rwsgi::LogLabel;
 use std::ffi::c_int;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 /// How the response ended, as the engine reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +55,12 @@ pub struct Live {
     state: Mutex<Option<State>>,
     /// Log lines that found `state` locked. Never held across I/O or while logging.
     backlog: Mutex<Backlog>,
+    /// In front of each of the request's lines (log.rs).
+    label: Arc<LogLabel>,
 }
 
 impl Live {
-    pub fn new(r: *mut request_rec, sendfile: bool) -> Live {
+    pub fn new(r: *mut request_rec, sendfile: bool, label: Arc<LogLabel>) -> Live {
         Live {
             state: Mutex::new(Some(State {
                 r,
@@ -73,7 +76,13 @@ impl Live {
                 sendfile,
             })),
             backlog: Mutex::new(Backlog::default()),
+            label,
         }
+    }
+
+    /// The label of the request's log lines.
+    pub fn label(&self) -> &LogLabel {
+        &self.label
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<State>> {
@@ -117,16 +126,16 @@ impl Live {
                     self.drain(state);
                     // SAFETY: the state exists, so the handler has not returned and
                     // state.r is live; we hold the lock.
-                    unsafe { log::request(state.r, level, message) };
+                    unsafe { log::request(state.r, level, &self.label, message) };
                 }
-                None => log::main_server(level, message),
+                None => log::main_server(level, &self.label, message),
             }
             return;
         }
         let queued = self.backlog().push(level, message);
         if !queued {
             // Retired meanwhile: the request is gone.
-            log::main_server(level, message);
+            log::main_server(level, &self.label, message);
             return;
         }
         // The holder may have let go (after its last drain) before the line was queued:
@@ -142,7 +151,7 @@ impl Live {
     fn drain(&self, state: &State) {
         let (lines, dropped) = self.backlog().take();
         // SAFETY: the caller holds the lock on a state that exists, so state.r is live.
-        unsafe { emit(state.r, lines, dropped) };
+        unsafe { emit(state.r, &self.label, lines, dropped) };
     }
 
     /// Ends the sharing: waits for any I/O in progress, writes the lines still queued,
@@ -156,26 +165,26 @@ impl Live {
             backlog.take()
         };
         // SAFETY: the handler calls retire before it returns to httpd: state.r is live.
-        unsafe { emit(state.r, lines, dropped) };
+        unsafe { emit(state.r, &self.label, lines, dropped) };
         Some(state)
     }
 }
 
 /// # Safety
 /// `r` is a live request.
-unsafe fn emit(r: *mut request_rec, lines: Vec<(Level, String)>, dropped: u64) {
+unsafe fn emit(r: *mut request_rec, label: &LogLabel, lines: Vec<(Level, String)>, dropped: u64) {
     for (level, line) in lines {
         // SAFETY: r is live (the caller's contract).
-        unsafe { log::request(r, level, &line) };
+        unsafe { log::request(r, level, label, &line) };
     }
     if dropped > 0 {
         let note = format!(
-            "mod_rwsgi: {dropped} log lines of this request were dropped: more than \
+            "{dropped} log lines of this request were dropped: more than \
              {BACKLOG_LINES} lines or {BACKLOG_BYTES} bytes came while it was blocked \
              on its connection"
         );
         // SAFETY: as above.
-        unsafe { log::request(r, Level::Warn, &note) };
+        unsafe { log::request(r, Level::Warn, label, &note) };
     }
 }
 

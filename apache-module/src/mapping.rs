@@ -112,11 +112,14 @@ fn translate(req: Req<'_>) -> c_int {
                     options: &alias.options,
                 },
                 RegexOutcome::TooLong => {
+                    // Which app the alias would have named is what failed.
+                    let label = log::request_label(req, "-");
                     log::for_request(
                         req,
                         Level::Error,
+                        &label,
                         &format!(
-                            "mod_rwsgi: substituting \"{}\" for {} failed (result too long)",
+                            "substituting \"{}\" for {} failed (result too long)",
                             alias.target,
                             String::from_utf8_lossy(uri)
                         ),

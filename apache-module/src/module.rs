@@ -169,14 +169,14 @@ unsafe extern "C" fn check_config(
                 // SAFETY: s is the main server httpd passes in.
                 unsafe {
                     log::server(
-                    s,
-                    Level::Error,
-                    &format!(
-                        "mod_rwsgi: {other} is loaded too. mod_wsgi and mod_rwsgi both embed Python and \
+                        s,
+                        Level::Error,
+                        &format!(
+                            "{other} is loaded too. mod_wsgi and mod_rwsgi both embed Python and \
                          define the same WSGI* directives: load only one of them \
                          (a2dismod wsgi, or remove its LoadModule line)"
-                    ),
-                );
+                        ),
+                    );
                 }
                 HTTP_INTERNAL_SERVER_ERROR as c_int
             }
@@ -201,7 +201,7 @@ unsafe fn check_daemon_config(pconf: *mut apr_pool_t, s: *mut server_rec) -> c_i
         Ok(()) => OK as c_int,
         Err(why) => {
             // SAFETY: s is live.
-            unsafe { log::server(s, Level::Error, &format!("mod_rwsgi: {why}")) };
+            unsafe { log::server(s, Level::Error, &why) };
             HTTP_INTERNAL_SERVER_ERROR as c_int
         }
     }
@@ -219,13 +219,7 @@ unsafe extern "C" fn post_config(
         // SAFETY: pconf and s are what post_config receives, in the parent.
         if let Err(why) = unsafe { crate::daemon_start::post_config(pconf, s) } {
             // SAFETY: s is the live main server.
-            unsafe {
-                log::server(
-                    s,
-                    Level::Error,
-                    &format!("mod_rwsgi: daemon mode cannot start: {why}"),
-                )
-            };
+            unsafe { log::server(s, Level::Error, &format!("daemon mode cannot start: {why}")) };
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         }
         // SAFETY: as above, in the parent before it forks; s is the main server.
@@ -247,7 +241,7 @@ unsafe extern "C" fn post_config(
                 log::server(
                     s,
                     Level::Info,
-                    "mod_rwsgi: every WSGI application group runs in the main Python interpreter \
+                    "every WSGI application group runs in the main Python interpreter \
                      of its process (as with WSGIApplicationGroup %{GLOBAL}); sub-interpreters are \
                      not supported yet, so applications of one process share modules and sys.path \
                      (a daemon process group per application keeps them apart)",

@@ -5,7 +5,7 @@
 use crate::bindings::*;
 use crate::config::{self, Effective, ServerConfig};
 use crate::log::{self, Level};
-use rwsgi::{AppSpec, AppTarget, Runtime, ServerTraits};
+use rwsgi::{AppSpec, AppTarget, LogLabel, Runtime, ServerTraits};
 use std::ffi::c_int;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -18,23 +18,32 @@ pub fn ready() -> Option<Runtime> {
     READY.get().copied().flatten()
 }
 
-/// What the MPM says, as mod_wsgi computes it.
-fn mpm_traits() -> ServerTraits {
-    let query = |code: u32| {
-        let mut value: c_int = 0;
-        // SAFETY: ap_mpm_query writes one int; it is callable once the MPM is loaded.
-        let rv = unsafe { ap_mpm_query(code as c_int, &mut value) };
-        if rv == APR_SUCCESS as apr_status_t {
-            value
-        } else {
-            0
-        }
-    };
-    let threads = if query(AP_MPMQ_IS_THREADED) != AP_MPMQ_NOT_SUPPORTED as c_int {
-        query(AP_MPMQ_MAX_THREADS)
+/// One of the MPM's facts (0 when it does not say).
+fn mpm_query(code: u32) -> c_int {
+    let mut value: c_int = 0;
+    // SAFETY: ap_mpm_query writes one int; it is callable once the MPM is loaded.
+    let rv = unsafe { ap_mpm_query(code as c_int, &mut value) };
+    if rv == APR_SUCCESS as apr_status_t {
+        value
+    } else {
+        0
+    }
+}
+
+/// Threads each child runs requests on (ThreadsPerChild; 1 for prefork).
+pub fn threads_per_child() -> usize {
+    let threads = if mpm_query(AP_MPMQ_IS_THREADED) != AP_MPMQ_NOT_SUPPORTED as c_int {
+        mpm_query(AP_MPMQ_MAX_THREADS)
     } else {
         1
     };
+    usize::try_from(threads).unwrap_or(0).max(1)
+}
+
+/// What the MPM says, as mod_wsgi computes it.
+fn mpm_traits() -> ServerTraits {
+    let query = mpm_query;
+    let threads = threads_per_child() as c_int;
     // The configured maximum of processes (not how many run now: that changes).
     let processes = if query(AP_MPMQ_IS_FORKED) != AP_MPMQ_NOT_SUPPORTED as c_int {
         query(AP_MPMQ_MAX_DAEMONS)
@@ -60,14 +69,14 @@ pub fn spec(script: PathBuf, settings: &Effective, conf: &ServerConfig) -> AppSp
 
 /// # Safety
 /// Called by httpd's child_init with the main server (heading the list of servers).
-pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
+pub unsafe fn child_init(pool: *mut apr_pool_t, s: *mut server_rec) {
     // SAFETY: s is the live main server; its config lives in the config pool and is
     // read-only from now on.
     let Some(main) = (unsafe { config::server(s) }) else {
         return;
     };
-    // SAFETY: s is the live main server, once per child (the contract).
-    unsafe { crate::status::child_init(s, main.stuck_after) };
+    // SAFETY: s is the live main server, pool the child's, once per child (the contract).
+    unsafe { crate::status::child_init(pool, s, main.stuck_after) };
     if !crate::daemon_groups::current().python {
         let _ = READY.set(None);
         let why = if main.restrict_embedded {
@@ -76,7 +85,7 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
             "every application runs in a daemon process group"
         };
         let message = format!(
-            "mod_rwsgi: Python is not started in process {} ({why})",
+            "Python is not started in process {} ({why})",
             std::process::id()
         );
         // SAFETY: s is live.
@@ -88,7 +97,7 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
         Ok(runtime) => {
             let _ = READY.set(Some(runtime));
             let message = format!(
-                "mod_rwsgi: Python initialized in process {}{}",
+                "Python initialized in process {}{}",
                 std::process::id(),
                 home.map(|h| format!(" (WSGIPythonHome {})", h.display()))
                     .unwrap_or_default()
@@ -100,8 +109,7 @@ pub unsafe fn child_init(_pool: *mut apr_pool_t, s: *mut server_rec) {
         }
         Err(e) => {
             let _ = READY.set(None);
-            let message =
-                format!("mod_rwsgi: cannot start Python: {e}; WSGI requests will fail with 500");
+            let message = format!("cannot start Python: {e}; WSGI requests will fail with 500");
             // SAFETY: s is live.
             unsafe { log::server(s, Level::Error, &message) };
         }
@@ -167,13 +175,19 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
             AppTarget::Script(p) => p.display().to_string(),
             AppTarget::Module(m) => m.clone(),
         };
+        // An alias's lines name its mount; an import script's, the process.
+        let label = match mount {
+            Some(mount) => LogLabel::app(mount),
+            None => LogLabel::process(),
+        };
         match outcome {
-            Ok(()) => log::main_server(Level::Info, &format!("mod_rwsgi: preloaded {path}")),
+            Ok(()) => log::main_server(Level::Info, &label, &format!("preloaded {path}")),
             // An import script need not define a WSGI callable: it ran, which is the point.
             Err(e) if e.no_callable && import_group.is_some() => log::main_server(
                 Level::Info,
+                &label,
                 &format!(
-                    "mod_rwsgi: ran import script {path} for application group {} (it defines no '{}')",
+                    "ran import script {path} for application group {} (it defines no '{}')",
                     import_group.as_deref().unwrap_or_default(),
                     spec.callable
                 ),
@@ -182,9 +196,9 @@ unsafe fn preload(s: *mut server_rec, runtime: Runtime) {
                 if let Some(app) = mount.as_deref().and_then(crate::status::app_metrics) {
                     app.import_failed();
                 }
-                log::main_server(Level::Error, &format!("mod_rwsgi: failed to load {path}:"));
+                log::main_server(Level::Error, &label, &format!("failed to load {path}:"));
                 for line in e.traceback.lines() {
-                    log::main_server(Level::Error, line);
+                    log::main_server(Level::Error, &label, line);
                 }
             }
         }

@@ -8,7 +8,8 @@ use crate::apr::{insert_tail, pstr};
 use crate::bindings::*;
 use crate::live::{Finish, Live, State};
 use crate::log::{self, Level};
-use rwsgi::{Chunk, ClientGone, Flow, LogLevel, OutputEvent, ResponseHead};
+use crate::status::Phase;
+use rwsgi::{Chunk, ClientGone, Flow, LogLabel, LogLevel, OutputEvent, ResponseHead, Stage};
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::os::fd::IntoRawFd;
@@ -29,11 +30,13 @@ use std::sync::Arc;
 ///   request owns its httpd thread anyway).
 pub struct ApacheSink {
     live: Arc<Live>,
+    /// The request on the status page's gauges.
+    phase: Arc<Phase>,
 }
 
 impl ApacheSink {
-    pub fn new(live: Arc<Live>) -> ApacheSink {
-        ApacheSink { live }
+    pub fn new(live: Arc<Live>, phase: Arc<Phase>) -> ApacheSink {
+        ApacheSink { live, phase }
     }
 }
 
@@ -42,7 +45,7 @@ impl rwsgi::ResponseSink for ApacheSink {
         let outcome = self
             .live
             // SAFETY: State::r is live while the state is; we hold the lock.
-            .with(|state| unsafe { deliver(state, events) })
+            .with(|state| unsafe { deliver(state, self.live.label(), events) })
             .unwrap_or(Err(ClientGone));
         events.clear();
         outcome
@@ -55,11 +58,22 @@ impl rwsgi::ResponseSink for ApacheSink {
     fn log(&self, level: LogLevel, message: &str) {
         self.live.log(level, message);
     }
+
+    fn stage(&self, stage: Stage) {
+        match stage {
+            Stage::Running => self.phase.entered_python(),
+            Stage::LoadFailed => self.phase.load_failed(),
+        }
+    }
 }
 
 /// # Safety
 /// `state.r` is live and the caller holds the Live lock.
-unsafe fn deliver(state: &mut State, events: &mut Vec<OutputEvent>) -> Result<(), ClientGone> {
+unsafe fn deliver(
+    state: &mut State,
+    label: &LogLabel,
+    events: &mut Vec<OutputEvent>,
+) -> Result<(), ClientGone> {
     let r = state.r;
     // SAFETY: r and its connection are live (the contract).
     let alloc = unsafe { (*(*r).connection).bucket_alloc };
@@ -98,7 +112,7 @@ unsafe fn deliver(state: &mut State, events: &mut Vec<OutputEvent>) -> Result<()
             }
             OutputEvent::File { file, offset, len } if !state.gone && len > 0 => {
                 // SAFETY: r is live; bb is its output brigade.
-                unsafe { insert_file(state, bb, file, offset, len) };
+                unsafe { insert_file(state, label, bb, file, offset, len) };
                 has_body = true;
             }
             OutputEvent::End => finish = Some(Finish::End),
@@ -188,6 +202,7 @@ unsafe fn apply_head(r: *mut request_rec, head: &ResponseHead) {
 /// `state.r` is live; `bb` is its output brigade.
 unsafe fn insert_file(
     state: &State,
+    label: &LogLabel,
     bb: *mut apr_bucket_brigade,
     file: File,
     offset: u64,
@@ -220,7 +235,8 @@ unsafe fn insert_file(
             log::request(
                 r,
                 Level::Error,
-                "mod_rwsgi: cannot wrap the wsgi.file_wrapper file for sending",
+                label,
+                "cannot wrap the wsgi.file_wrapper file for sending",
             )
         };
         return;

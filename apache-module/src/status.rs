@@ -8,13 +8,14 @@
 use crate::bindings::*;
 use crate::log::{self, Level};
 use crate::req::{Req, Table};
-use rwsgi::metrics::{AppCounters, Metrics, RequestEnd};
+use rwsgi::metrics::{AppCounters, Metrics, ProcessGauges, RequestEnd, ThreadState};
 use rwsgi::metrics_render::{render, Format, ServerInfo};
+use rwsgi::LogLabel;
 use std::collections::HashMap;
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The segment made by the last post_config in this (parent) process; children inherit
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 static BASE: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
 /// This child's handle on it.
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+/// This child's slot for its thread gauges.
+static PROCESS: OnceLock<&'static ProcessGauges> = OnceLock::new();
 
 /// Default WSGIStuckAfter.
 const DEFAULT_STUCK_AFTER: u64 = 60;
@@ -42,7 +45,7 @@ pub unsafe fn create_shared(pconf: *mut apr_pool_t, s: *mut server_rec) {
             log::server(
                 s,
                 Level::Error,
-                &format!("mod_rwsgi: cannot create shared memory for the status counters (error {rv}); rwsgi-status stays empty"),
+                &format!("cannot create shared memory for the status counters (error {rv}); rwsgi-status stays empty"),
             )
         };
         BASE.store(ptr::null_mut(), Ordering::Release);
@@ -56,12 +59,13 @@ pub unsafe fn create_shared(pconf: *mut apr_pool_t, s: *mut server_rec) {
     BASE.store(base, Ordering::Release);
 }
 
-/// In each child, from child_init: attaches to the counters, counts the child's start and
-/// starts the stuck-request watchdog.
+/// In each child, from child_init: attaches to the counters, counts the child's start,
+/// takes a slot for its threads (given back when `pchild` is destroyed, as the child
+/// exits) and starts the stuck-request watchdog.
 ///
 /// # Safety
-/// s is the live main server; called once per child.
-pub unsafe fn child_init(s: *mut server_rec, stuck_after: Option<u64>) {
+/// s is the live main server, pchild the child's pool; called once per child.
+pub unsafe fn child_init(pchild: *mut apr_pool_t, s: *mut server_rec, stuck_after: Option<u64>) {
     let base = BASE.load(Ordering::Acquire);
     if !base.is_null() {
         // SAFETY: the segment the parent set up before forking this child; it stays
@@ -72,6 +76,19 @@ pub unsafe fn child_init(s: *mut server_rec, stuck_after: Option<u64>) {
         // SAFETY: s heads httpd's server list (the contract).
         for mount in unsafe { alias_mounts(s) } {
             let _ = metrics.app(&mount);
+        }
+        if let Some(slot) = metrics.claim_process() {
+            slot.set_threads(crate::python::threads_per_child());
+            let _ = PROCESS.set(slot);
+            // SAFETY: pchild is the live child pool (caller); the cleanup takes no data.
+            unsafe {
+                apr_pool_cleanup_register(
+                    pchild,
+                    ptr::null(),
+                    Some(release_process),
+                    Some(apr_pool_cleanup_null),
+                )
+            };
         }
         let _ = METRICS.set(metrics);
     }
@@ -85,10 +102,20 @@ pub unsafe fn child_init(s: *mut server_rec, stuck_after: Option<u64>) {
             log::server(
                 s,
                 Level::Error,
-                &format!("mod_rwsgi: cannot start the stuck-request watchdog: {e}"),
+                &format!("cannot start the stuck-request watchdog: {e}"),
             )
         };
     }
+}
+
+/// The child's pool is destroyed: it exits, and its threads count no more.
+unsafe extern "C" fn release_process(_data: *mut c_void) -> apr_status_t {
+    crate::ffi::guard("the child pool cleanup", (), || {
+        if let Some(slot) = PROCESS.get() {
+            slot.release();
+        }
+    });
+    APR_SUCCESS as apr_status_t
 }
 
 /// The URL prefixes of every server's WSGIScriptAlias ("/" for the root).
@@ -174,14 +201,77 @@ pub struct Running {
     key: u64,
     app: Option<&'static AppCounters>,
     started: Instant,
+    phase: Arc<Phase>,
+}
+
+/// Whether a request waits to enter Python (the GIL) or runs in it, for the gauges. The
+/// request's sink moves it on when the engine says (ApacheSink::stage).
+pub struct Phase {
+    app: Option<&'static AppCounters>,
+    entered: AtomicBool,
+    /// Counted once per request: in daemon mode the stage comes from an app process,
+    /// which runs a tenant's code and could repeat it.
+    load_failed: AtomicBool,
+}
+
+impl Phase {
+    fn waiting(app: Option<&'static AppCounters>) -> Phase {
+        if let Some(app) = app {
+            app.wait();
+        }
+        if let Some(process) = PROCESS.get() {
+            process.enter(ThreadState::Waiting);
+        }
+        Phase {
+            app,
+            entered: AtomicBool::new(false),
+            load_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The engine holds the GIL for the request: it runs. Never blocks.
+    pub fn entered_python(&self) {
+        if !self.entered.swap(true, Ordering::Relaxed) {
+            self.stop_waiting();
+            if let Some(process) = PROCESS.get() {
+                process.enter(ThreadState::Busy);
+            }
+        }
+    }
+
+    /// The app could not be loaded for the request.
+    pub fn load_failed(&self) {
+        if let (false, Some(app)) = (self.load_failed.swap(true, Ordering::Relaxed), self.app) {
+            app.import_failed();
+        }
+    }
+
+    fn stop_waiting(&self) {
+        if let Some(app) = self.app {
+            app.stop_waiting();
+        }
+        if let Some(process) = PROCESS.get() {
+            process.leave(ThreadState::Waiting);
+        }
+    }
+
+    /// The request is over, wherever it was.
+    fn end(&self) {
+        if self.entered.swap(true, Ordering::Relaxed) {
+            if let Some(process) = PROCESS.get() {
+                process.leave(ThreadState::Busy);
+            }
+        } else {
+            self.stop_waiting();
+        }
+    }
 }
 
 struct Watched {
     ident: u64,
     started: Instant,
     next_report: Duration,
-    app: String,
-    id: String,
+    label: Arc<LogLabel>,
     line: String,
 }
 
@@ -196,8 +286,9 @@ fn stuck_after() -> Duration {
 static STUCK_AFTER: AtomicU64 = AtomicU64::new(DEFAULT_STUCK_AFTER);
 
 impl Running {
-    /// The request is about to run the app mounted at `app` on this thread.
-    pub fn start(req: Req<'_>, app: &str) -> Running {
+    /// The request is about to run the app mounted at `app` on this thread; `label` is
+    /// its log lines' (the watchdog's reports too).
+    pub fn start(req: Req<'_>, app: &str, label: Arc<LogLabel>) -> Running {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let key = NEXT.fetch_add(1, Ordering::Relaxed);
         let counters = app_metrics(app);
@@ -212,8 +303,7 @@ impl Running {
             ident,
             started: Instant::now(),
             next_report: stuck_after(),
-            app: app.to_string(),
-            id: log_id(req),
+            label,
             line,
         };
         if let Ok(mut running) = watched().lock() {
@@ -223,13 +313,20 @@ impl Running {
             key,
             app: counters,
             started: Instant::now(),
+            phase: Arc::new(Phase::waiting(counters)),
         }
+    }
+
+    /// Where the request is, for its sink.
+    pub fn phase(&self) -> Arc<Phase> {
+        self.phase.clone()
     }
 
     /// Counted like [`Running::start`], but not watched: for a request proxied to a
     /// daemon process group, whose app process reports its own stuck requests
-    /// (request-timeout) with their stacks.
-    pub fn start_unwatched(_req: Req<'_>, app: &str) -> Running {
+    /// (request-timeout) with their stacks. It waits (the gauges) until its app process
+    /// says it runs it (daemon_proxy.rs forwards the engine's stages).
+    pub fn start_unwatched(app: &str) -> Running {
         static NEXT: AtomicU64 = AtomicU64::new(u64::MAX / 2);
         let counters = app_metrics(app);
         if let Some(c) = counters {
@@ -239,6 +336,7 @@ impl Running {
             key: NEXT.fetch_add(1, Ordering::Relaxed),
             app: counters,
             started: Instant::now(),
+            phase: Arc::new(Phase::waiting(counters)),
         }
     }
 
@@ -269,6 +367,7 @@ impl Drop for Running {
         if let Ok(mut running) = watched().lock() {
             running.remove(&self.key);
         }
+        self.phase.end();
         // Not ended through end() (a panic): still no longer in flight.
         if let Some(app) = self.app.take() {
             app.end(RequestEnd {
@@ -280,23 +379,6 @@ impl Drop for Running {
     }
 }
 
-/// The request's log id (httpd's %L), generated now if nothing asked for it yet.
-fn log_id(req: Req<'_>) -> String {
-    let r = req.ptr();
-    if req.log_id().is_none() {
-        let mut id: *const std::ffi::c_char = ptr::null();
-        // SAFETY: r and its connection are live; this is what httpd's own logging does
-        // when the first %L needs the id (the hook writes a string in r's pool).
-        unsafe {
-            ap_run_generate_log_id((*r).connection, r, &mut id);
-            if !id.is_null() {
-                (*r).log_id = id;
-            }
-        }
-    }
-    String::from_utf8_lossy(req.log_id().unwrap_or(b"-")).into_owned()
-}
-
 /// The watchdog: each request in the app past WSGIStuckAfter is logged with the stack of
 /// its thread, then again every WSGIStuckAfter while it stays.
 fn watchdog(every: Duration) {
@@ -305,7 +387,7 @@ fn watchdog(every: Duration) {
     let tick = (every / 4).min(Duration::from_secs(1));
     loop {
         std::thread::sleep(tick);
-        let due: Vec<(u64, String, String, String, u64)> = match watched().lock() {
+        let due: Vec<(u64, Arc<LogLabel>, String, u64)> = match watched().lock() {
             Ok(mut running) => running
                 .values_mut()
                 .filter_map(|w| {
@@ -316,13 +398,7 @@ fn watchdog(every: Duration) {
                     while w.next_report <= age {
                         w.next_report += every;
                     }
-                    Some((
-                        w.ident,
-                        w.id.clone(),
-                        w.line.clone(),
-                        w.app.clone(),
-                        age.as_secs(),
-                    ))
+                    Some((w.ident, w.label.clone(), w.line.clone(), age.as_secs()))
                 })
                 .collect(),
             Err(_) => return,
@@ -330,28 +406,16 @@ fn watchdog(every: Duration) {
         let Some(runtime) = crate::python::ready() else {
             continue;
         };
-        for (ident, id, line, app, age) in due {
-            log::main_server(
-                Level::Warn,
-                &format!(
-                    "mod_rwsgi: request {id} \"{line}\" to app {app} still in progress after {age} s, in thread {ident:#x} (most recent call last):"
-                ),
-            );
+        for (ident, label, line, age) in due {
+            let warn = |message: &str| log::main_server(Level::Warn, &label, message);
+            warn(&format!(
+                "request \"{line}\" still in progress after {age} s, in thread {ident:#x} (most recent call last):"
+            ));
             // Waits for the GIL: only this thread waits, never a request.
             match runtime.thread_stack(ident) {
-                Ok(Some(stack)) => {
-                    for l in stack.lines() {
-                        log::main_server(Level::Warn, &format!("mod_rwsgi: request {id}: {l}"));
-                    }
-                }
-                Ok(None) => log::main_server(
-                    Level::Warn,
-                    &format!("mod_rwsgi: request {id}: its thread runs no Python code"),
-                ),
-                Err(why) => log::main_server(
-                    Level::Warn,
-                    &format!("mod_rwsgi: request {id}: stack unavailable: {why}"),
-                ),
+                Ok(Some(stack)) => stack.lines().for_each(warn),
+                Ok(None) => warn("its thread runs no Python code"),
+                Err(why) => warn(&format!("stack unavailable: {why}")),
             }
         }
     }

@@ -67,7 +67,7 @@ pub fn serve(conn: UnixStream, served: &Served, lifecycle: &Lifecycle) {
     );
     let Ok(reader) = conn.try_clone() else { return };
     let context = format!("group {}, {what}", served.group.name);
-    let Ok(sink) = SocketSink::new(conn, req.accepts_files, context) else {
+    let Ok(sink) = SocketSink::new(conn, req.accepts_files, req.accepts_stages, context) else {
         return;
     };
     let sink = Arc::new(sink);

@@ -10,12 +10,14 @@
 //! comes while `send` holds the writer waits in `pending` (bounded) for the next holder.
 //! After the final event, lines go to stderr, the server's main error log; so do the
 //! lines that never reached the server because the connection broke (the client went
-//! away while they waited behind a stuck response): a line is never lost.
+//! away while they waited behind a stuck response): a line is never lost. Lines go out
+//! bare: the server puts its label for the request in front (rwsgi::LogLabel). The
+//! engine's stages go the same way as log lines, for the server's status page.
 
 use rwsgi::daemon::fd_passing::send_with_file;
 use rwsgi::daemon::messages::{encode_event, FromApp};
 use rwsgi::daemon::{FrameBuffer, DATA_FRAME};
-use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink};
+use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink, Stage};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -32,6 +34,8 @@ pub struct SocketSink {
     pending: Mutex<Vec<u8>>,
     /// The server takes files as descriptors (it said so in its REQUEST).
     accepts_files: bool,
+    /// The server takes STAGE frames (it said so in its REQUEST).
+    accepts_stages: bool,
     /// "group NAME, GET /uri", for lines that end up on stderr.
     context: String,
     /// A second handle on the same socket, to shut it down while a write blocks.
@@ -52,7 +56,12 @@ struct Writer {
 }
 
 impl SocketSink {
-    pub fn new(stream: UnixStream, accepts_files: bool, context: String) -> io::Result<SocketSink> {
+    pub fn new(
+        stream: UnixStream,
+        accepts_files: bool,
+        accepts_stages: bool,
+        context: String,
+    ) -> io::Result<SocketSink> {
         Ok(SocketSink {
             control: stream.try_clone()?,
             writer: Mutex::new(Writer {
@@ -65,6 +74,7 @@ impl SocketSink {
             }),
             pending: Mutex::new(Vec::new()),
             accepts_files,
+            accepts_stages,
             context,
         })
     }
@@ -274,6 +284,26 @@ impl ResponseSink for SocketSink {
             return self.log_to_stderr(level, message);
         }
         FromApp::Log(level, message.to_string()).encode(&mut pending);
+    }
+
+    /// Never waits, like `log`. A stage after the response ended (or once the server is
+    /// gone) has nobody to count it and is dropped, as is every stage for a server that
+    /// did not ask for them.
+    fn stage(&self, stage: Stage) {
+        if !self.accepts_stages {
+            return;
+        }
+        if let Ok(mut w) = self.writer.try_lock() {
+            if !(w.finished || w.broken) {
+                self.take_pending(&mut w);
+                FromApp::Stage(stage).encode(&mut w.out);
+                w.flush_without_waiting();
+            }
+            return;
+        }
+        // A few bytes, at most twice a request: no bound needed.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        FromApp::Stage(stage).encode(&mut pending);
     }
 }
 

@@ -42,6 +42,8 @@ pub struct MainConf {
     pub zone: Option<std::ptr::NonNull<ngx_shm_zone_t>>,
     /// Each mount's metrics name with the app it runs (for import failures).
     pub mounts: Vec<(String, AppSpec)>,
+    /// `$request_id`'s index, for the label of a request's log lines (log.rs).
+    pub request_id_index: Option<usize>,
     /// Daemon process groups (`wsgi_daemon` and friends, daemon_conf.rs).
     pub daemon: DaemonConf,
 }
@@ -321,6 +323,13 @@ unsafe extern "C" fn set_app(
         }
         lc.app_value = Some(value);
         clcf.handler = Some(wsgi_content_handler);
+        // SAFETY: cf is live and inside the http block (the contract above).
+        if let Some(mc) = Module::main_conf_mut(unsafe { &*d.cf }) {
+            if mc.request_id_index.is_none() {
+                // SAFETY: as above.
+                mc.request_id_index = unsafe { crate::log::index_request_id(d.cf) };
+            }
+        }
         // SAFETY: cf is live (the contract above).
         unsafe { add_zone(d.cf) }
     })

@@ -3,7 +3,8 @@
 //! connects (non-blocking) to the group's unix socket, sends REQUEST, answers each READ
 //! with one BODY from the body nginx read, and hands the app's HEAD / DATA / FILE / END /
 //! ABORT / FAIL to the same output code as embedded mode (output.rs); LOG lines go to the
-//! error log with the request's context (docs/daemon-internals.md, "Wire protocol").
+//! error log with the request's context and label, as a Python thread's do (the app
+//! process sends them bare) (docs/daemon-internals.md, "Wire protocol").
 //!
 //! - Connecting: a group whose socket is missing or refuses gets 503 at once. A full
 //!   backlog (every process busy; Linux answers EAGAIN on a unix socket) is retried with
@@ -29,16 +30,17 @@ use crate::producer::Producer;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
-use ngx::ngx_log_error;
 use rwsgi::daemon::fd_passing::recv_with_files;
 use rwsgi::daemon::leftover_logs::leftover_logs;
 use rwsgi::daemon::messages::now_us;
 use rwsgi::daemon::socket_path;
 use rwsgi::daemon::{AppRef, FrameBuffer, FromApp, RequestFrame, ToApp, DATA_FRAME, MAX_FRAME};
-use rwsgi::{AppSpec, BodyReader, LogLevel, OutputEvent, Request};
+use rwsgi::metrics::AppCounters;
+use rwsgi::{AppSpec, BodyReader, LogLabel, LogLevel, OutputEvent, Request, Stage};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::c_void;
+use std::fmt::Display;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -71,6 +73,15 @@ pub struct AppConn {
     ctx: *mut RequestCtx,
     /// The request connection's log, so that lines carry the client and request.
     log: *mut ngx_log_t,
+    /// In front of the request's lines (log.rs).
+    label: LogLabel,
+    /// The request's app on the status page.
+    app: Option<&'static AppCounters>,
+    /// Counted as waiting (status page) until its app process says it runs it (the
+    /// engine's Stage::Running, which comes as a STAGE frame).
+    waiting: bool,
+    /// A load failure was counted: once per request, whatever the app process repeats.
+    load_failed: bool,
     /// The connection to the app process; null before it is made and after close.
     c: *mut ngx_connection_t,
     /// Fires the next connect attempt while the group's backlog is full.
@@ -120,54 +131,50 @@ enum Attempt {
 ///
 /// # Safety
 /// r is a live request whose body nginx has read, of a location running in `group`; on
-/// the event loop.
+/// the event loop. `label` is its log lines'.
 pub unsafe fn start(
     r: *mut ngx_http_request_t,
     lc: &LocConf,
     spec: &AppSpec,
     group: usize,
+    label: LogLabel,
 ) -> Result<(), ngx_int_t> {
     let error = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     // SAFETY: r is live (caller), so is its connection.
     let log = unsafe { (*(*r).connection).log };
+    // SAFETY: log is the live connection's, on the event loop (caller).
+    let log_error =
+        |message: &dyn Display| unsafe { crate::log::write(log, LogLevel::Error, &label, message) };
     // SAFETY: as above; the conf is the cycle's, alive as long as the worker.
     let mc = Module::main_conf(unsafe { &*r }).ok_or(error)?;
     let Some(target) = mc.daemon.targets.get(group) else {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: process group {} has no socket: the supervisor did not set it up (see the \
+        log_error(&format_args!(
+            "process group {} has no socket: the supervisor did not set it up (see the \
              master's messages in the error log); answering 503",
             mc.daemon.groups.get(group).map_or("?", |g| g.name.as_str())
-        );
+        ));
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     };
     // SAFETY: r's body is read (caller); without a thread side it is read only here, on
     // the loop, while r is live (the AppConn holding it goes with r's context).
     let (body, body_len) = unsafe { NginxBody::capture(r, None) }.map_err(|e| {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: cannot read the request body: {}",
-            e
-        );
+        log_error(&format_args!("cannot read the request body: {e}"));
         error
     })?;
     // SAFETY: r is live, on the event loop (caller).
     let request = unsafe { crate::handler::build_request(r, lc, body_len) };
     if request_size(&request) + REQUEST_OVERHEAD > MAX_FRAME {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: the request's headers are too large to pass to process group {}",
+        log_error(&format_args!(
+            "the request's headers are too large to pass to process group {}",
             target.name
-        );
+        ));
         return Err(error);
     }
     let head_request = request.method == "HEAD";
     let frame = ToApp::Request(Box::new(RequestFrame {
         secret: target.secret,
         accepts_files: true,
+        accepts_stages: true,
         connected_at_us: now_us(),
         app: AppRef {
             target: spec.target.clone(),
@@ -181,6 +188,10 @@ pub unsafe fn start(
         target,
         ctx: ptr::null_mut(),
         log,
+        label,
+        app: lc.app_metrics(),
+        waiting: false,
+        load_failed: false,
         c: ptr::null_mut(),
         // SAFETY: ngx_event_t is a C struct whose all-zero state is "not armed".
         retry: unsafe { std::mem::zeroed() },
@@ -223,6 +234,8 @@ pub unsafe fn start(
         }
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
+    // SAFETY: as above.
+    unsafe { app_conn(ctx) }.wait();
     // SAFETY: ctx is r's live context, on the event loop.
     unsafe { (*ctx).lend(mc.stuck_after(), lc.app_metrics()) };
     let outcome = match attempt {
@@ -303,16 +316,14 @@ extern "C" fn on_retry(ev: *mut ngx_event_t) {
             }
             Attempt::Busy => {
                 let t = conn.target;
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    conn.log,
-                    "wsgi: process group {}: no process took the request within \
+                conn.log_error(format_args!(
+                    "process group {}: no process took the request within \
                      connect-timeout={} s (all are busy and the backlog of {} is full); \
                      answering 503",
                     t.name,
                     t.connect_timeout / 1000,
                     t.socket.display()
-                );
+                ));
                 Some(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t)
             }
             Attempt::Refused(why) => {
@@ -372,24 +383,18 @@ unsafe fn time_out(ctx: *mut RequestCtx) -> Option<ngx_int_t> {
     // SAFETY: as above; r is live while lent.
     let header_sent = unsafe { (*(*ctx).r()).header_sent() != 0 };
     // SAFETY: as above.
-    let log = unsafe { app_conn(ctx) }.log;
+    let conn = unsafe { app_conn(ctx) };
     if header_sent {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: process group {}: {}; the response is cut short",
-            t.name,
-            why
-        );
+        conn.log_error(format_args!(
+            "process group {}: {why}; the response is cut short",
+            t.name
+        ));
         Some(NGX_ERROR as ngx_int_t)
     } else {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: process group {}: {}; answering 504",
-            t.name,
-            why
-        );
+        conn.log_error(format_args!(
+            "process group {}: {why}; answering 504",
+            t.name
+        ));
         Some(NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t)
     }
 }
@@ -407,14 +412,10 @@ unsafe fn protocol_failure(ctx: *mut RequestCtx, why: &str) -> ngx_int_t {
     } else {
         (NGX_HTTP_BAD_GATEWAY as ngx_int_t, "answering 502")
     };
-    ngx_log_error!(
-        NGX_LOG_ERR,
-        conn.log,
-        "wsgi: process group {}: {}; {}",
-        conn.target.name,
-        why,
-        then
-    );
+    conn.log_error(format_args!(
+        "process group {}: {why}; {then}",
+        conn.target.name
+    ));
     rc
 }
 
@@ -469,27 +470,47 @@ impl AppConn {
         unsafe { ngx_post_event(ev, ptr::addr_of_mut!(ngx_posted_events)) };
     }
 
+    /// The request waits for an app process to run it (until `stop_waiting`).
+    fn wait(&mut self) {
+        if let (false, Some(app)) = (self.waiting, self.app) {
+            app.wait();
+            self.waiting = true;
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if let (true, Some(app)) = (self.waiting, self.app) {
+            app.stop_waiting();
+        }
+        self.waiting = false;
+    }
+
+    /// Counts a stage the app process's engine reached, as a Python thread's sink does.
+    fn stage(&mut self, stage: Stage) {
+        match stage {
+            Stage::Running => self.stop_waiting(),
+            Stage::LoadFailed => {
+                if let (false, Some(app)) =
+                    (std::mem::replace(&mut self.load_failed, true), self.app)
+                {
+                    app.import_failed();
+                }
+            }
+        }
+    }
+
     /// Closes the app's connection (its next write fails; the engine closes the app's
     /// iterable) and stops the retry timer. Idempotent.
     pub fn close(&mut self) {
+        self.stop_waiting();
         if !self.c.is_null() && self.gone {
             // The client left mid-response: the app's log lines still in the socket
-            // are logged, not dropped with it.
+            // are logged (behind the request's label), not dropped with it.
             // SAFETY: c is the live app connection.
             let fd = unsafe { (*self.c).fd };
             for (level, message) in leftover_logs(fd, &mut self.frames) {
-                let level = match level {
-                    LogLevel::Error => NGX_LOG_ERR,
-                    LogLevel::Warn => NGX_LOG_WARN,
-                    LogLevel::Info => NGX_LOG_INFO,
-                };
-                ngx_log_error!(
-                    level,
-                    self.log,
-                    "wsgi: group {}: {}",
-                    self.target.name,
-                    message
-                );
+                // SAFETY: log is the request's log, live while its connection is.
+                unsafe { crate::log::write(self.log, level, &self.label, &message) };
             }
         }
         if !self.c.is_null() {
@@ -512,14 +533,23 @@ impl AppConn {
     }
 
     fn log_refused(&self, why: &str) {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            self.log,
-            "wsgi: process group {}: cannot connect to {}: {}; answering 503",
+        self.log_error(format_args!(
+            "process group {}: cannot connect to {}: {why}; answering 503",
             self.target.name,
-            self.target.socket.display(),
-            why
-        );
+            self.target.socket.display()
+        ));
+    }
+
+    /// One error line of the request, behind its label.
+    fn log_error(&self, message: impl Display) {
+        // SAFETY: log is the request connection's (bind), live as long as the request
+        // whose context owns this; on the event loop.
+        unsafe { crate::log::write(self.log, LogLevel::Error, &self.label, message) };
+    }
+
+    /// The label of the request's log lines.
+    pub fn label(&self) -> &LogLabel {
+        &self.label
     }
 
     fn schedule_retry(&mut self) {
@@ -644,9 +674,9 @@ impl AppConn {
             };
             match FromApp::decode(&frame, &mut self.files).map_err(|e| e.to_string())? {
                 FromApp::Read(n) => self.answer_read(n)?,
-                FromApp::Log(level, message) => batch
-                    .logs
-                    .push((level, format!("group {}: {message}", self.target.name))),
+                // Written as a Python thread's lines are, behind the request's label.
+                FromApp::Log(level, message) => batch.logs.push((level, message)),
+                FromApp::Stage(stage) => self.stage(stage),
                 FromApp::Event(event) => {
                     self.check(&event)?;
                     if let OutputEvent::Data(data) = &event {

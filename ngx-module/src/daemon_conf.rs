@@ -19,7 +19,7 @@ use crate::{no_unwind, Module, Site};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
-use ngx::{ngx_conf_log_error, ngx_log_error};
+use ngx::ngx_conf_log_error;
 use rwsgi::daemon::control::{ensure, Apply};
 use rwsgi::daemon::socket_path::group_socket;
 use rwsgi::daemon::{GroupSpec, SECRET_LEN};
@@ -293,11 +293,11 @@ pub unsafe extern "C" fn init_conf(cycle: *mut ngx_cycle_t, _conf: *mut c_void) 
             Err(e) => {
                 // SAFETY: cycle and its log are live (caller).
                 unsafe {
-                    ngx_log_error!(
-                        NGX_LOG_EMERG,
+                    crate::log::write_at(
                         (*cycle).log,
-                        "wsgi: daemon mode: {}; the reload is refused",
-                        e
+                        NGX_LOG_EMERG,
+                        &rwsgi::LogLabel::process(),
+                        format_args!("daemon mode: {}; the reload is refused", e,),
                     );
                 };
                 NGX_CONF_ERROR
@@ -375,11 +375,14 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     if !stop_errors.is_empty() {
         // SAFETY: cycle and its log are live (caller).
         unsafe {
-            ngx_log_error!(
-                NGX_LOG_WARN,
+            crate::log::write_at(
                 (*cycle).log,
-                "wsgi: cannot stop the process groups of the previous config: {}",
-                stop_errors.join("; ")
+                NGX_LOG_WARN,
+                &rwsgi::LogLabel::process(),
+                format_args!(
+                    "cannot stop the process groups of the previous config: {}",
+                    stop_errors.join("; "),
+                ),
             );
         };
     }
@@ -418,12 +421,15 @@ unsafe fn apply(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     mc.daemon.targets = targets;
     // SAFETY: cycle and its log are live (caller).
     unsafe {
-        ngx_log_error!(
-            NGX_LOG_NOTICE,
+        crate::log::write_at(
             (*cycle).log,
-            "wsgi: daemon mode: {} process group(s) run by the supervisor of {}",
-            mc.daemon.targets.len(),
-            dir.display()
+            NGX_LOG_NOTICE,
+            &rwsgi::LogLabel::process(),
+            format_args!(
+                "daemon mode: {} process group(s) run by the supervisor of {}",
+                mc.daemon.targets.len(),
+                dir.display(),
+            ),
         );
     };
     Ok(())

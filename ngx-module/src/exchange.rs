@@ -31,7 +31,8 @@
 //! is running `take` and using what it returned.
 
 use crate::output::RequestCtx;
-use rwsgi::{ClientGone, Flow, LogLevel, OutputEvent, Parked};
+use rwsgi::metrics::AppCounters;
+use rwsgi::{ClientGone, Flow, LogLabel, LogLevel, OutputEvent, Parked};
 use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -50,11 +51,14 @@ pub fn cost(len: usize) -> usize {
 }
 
 /// Creates a request's exchange: the handle its Python work gets and the one its
-/// `RequestCtx` keeps.
-pub fn pair() -> (ThreadSide, LoopSide) {
+/// `RequestCtx` keeps. `label` goes in front of the request's log lines (log.rs); `app`
+/// counts them on the status page.
+pub fn pair(label: LogLabel, app: Option<&'static AppCounters>) -> (ThreadSide, LoopSide) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         drained: Condvar::new(),
+        label,
+        app,
     });
     (ThreadSide(shared.clone()), LoopSide(shared))
 }
@@ -63,6 +67,9 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when `unsent` drops or the client is gone, for a thread in `send`.
     drained: Condvar,
+    /// Fixed for the request's life, read by both sides without the lock.
+    label: LogLabel,
+    app: Option<&'static AppCounters>,
 }
 
 #[derive(Default)]
@@ -171,6 +178,16 @@ impl ThreadSide {
         })
     }
 
+    /// The label of the request's log lines.
+    pub fn label(&self) -> &LogLabel {
+        &self.0.label
+    }
+
+    /// The request's app on the status page.
+    pub fn app(&self) -> Option<&'static AppCounters> {
+        self.0.app
+    }
+
     /// Queues a log line for the request's log; false (nothing queued) once the request is
     /// over.
     pub fn log(&self, level: LogLevel, message: &str) -> bool {
@@ -275,6 +292,11 @@ impl LoopSide {
         if let Some(parked) = resume {
             crate::thread::resume(ThreadSide(self.0.clone()), parked);
         }
+    }
+
+    /// The label of the request's log lines.
+    pub fn label(&self) -> &LogLabel {
+        &self.0.label
     }
 
     /// The pool thread running the request's Python work now, if one is.

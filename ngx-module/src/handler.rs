@@ -11,8 +11,7 @@ use crate::producer::Producer;
 use crate::{exchange, no_unwind, thread, worker, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
-use ngx::ngx_log_error;
-use rwsgi::Request;
+use rwsgi::{LogLevel, Request};
 use std::borrow::Cow;
 
 const SERVER_SOFTWARE: &str = concat!("nginx rwsgi/", env!("CARGO_PKG_VERSION"));
@@ -74,21 +73,27 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     let Some(spec) = lc.app.clone() else {
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
+    // SAFETY: r is live, on the event loop (caller).
+    let label = unsafe { crate::log::request_label(r, &lc.metrics_name) };
     if let Some(group) = lc.daemon {
         // SAFETY: as for this function.
-        return unsafe { crate::daemon_client::start(r, lc, &spec, group) };
+        return unsafe { crate::daemon_client::start(r, lc, &spec, group, label) };
     }
     let Some(worker) = worker::get() else {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: Python is not running in this worker (see the worker start-up error)"
-        );
+        // SAFETY: log is the live connection's, on the event loop.
+        unsafe {
+            crate::log::write(
+                log,
+                LogLevel::Error,
+                &label,
+                "Python is not running in this worker (see the worker start-up error)",
+            )
+        };
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     };
     // The request's two sides: the loop's goes into its context (output.rs), freed with
     // the request pool; the thread's goes with the job (thread.rs).
-    let (thread_side, loop_side) = exchange::pair();
+    let (thread_side, loop_side) = exchange::pair(label, lc.app_metrics());
     // SAFETY: r is live, on the event loop (caller).
     let ctx = unsafe { RequestCtx::install(r, Producer::Thread(loop_side)) }
         .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
@@ -100,12 +105,10 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
     // SAFETY: r's body is read (caller), and thread_side is its request's.
     let captured = unsafe { NginxBody::capture(r, Some(thread_side.clone())) };
     let (body, body_len) = captured.map_err(|e| {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: cannot read the request body: {}",
-            e
-        );
+        let label = thread_side.label();
+        let message = format!("cannot read the request body: {e}");
+        // SAFETY: log is the live connection's, on the event loop.
+        unsafe { crate::log::write(log, LogLevel::Error, label, message) };
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
     })?;
     // SAFETY: r is live, on the event loop (caller).
@@ -122,13 +125,13 @@ unsafe fn start_request(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
                 ..Default::default()
             });
         }
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "wsgi: all {} Python threads are busy and {} requests are queued (wsgi_max_queue); answering 503",
-            worker.threads,
-            worker.max_queue
+        let message = format!(
+            "all {} Python threads are busy and {} requests are queued (wsgi_max_queue); answering 503",
+            worker.threads, worker.max_queue
         );
+        // SAFETY: ctx is r's context, unused elsewhere now; log is the live connection's,
+        // on the event loop.
+        unsafe { crate::log::write(log, LogLevel::Error, ctx.as_ref().label(), message) };
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
     // SAFETY: ctx lives with r's pool and nothing else refers to it now; r is live, on

@@ -28,6 +28,7 @@ mod exchange;
 mod fault;
 mod handler;
 mod headers;
+mod log;
 mod output;
 mod producer;
 mod shutdown;
@@ -38,7 +39,7 @@ mod worker;
 use config::{LocConf, MainConf};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
-use ngx::{ngx_conf_log_error, ngx_log_error};
+use ngx::ngx_conf_log_error;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
@@ -106,6 +107,7 @@ pub static mut ngx_http_rwsgi_module: ngx_module_t = ngx_module_t {
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(init_module),
     init_process: Some(init_process),
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
@@ -141,11 +143,11 @@ extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             Err(e) => {
                 // SAFETY: as above.
                 unsafe {
-                    ngx_log_error!(
-                        NGX_LOG_EMERG,
+                    crate::log::write_at(
                         (*cycle).log,
-                        "wsgi: daemon mode: {}; nginx does not start",
-                        e
+                        NGX_LOG_EMERG,
+                        &rwsgi::LogLabel::process(),
+                        format_args!("daemon mode: {}; nginx does not start", e,),
                     );
                 };
                 NGX_ERROR as ngx_int_t
@@ -180,6 +182,11 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // Never fail the worker: nginx would respawn it in a loop; WSGI requests get a 500
     // with the reason in the log instead.
     NGX_OK as ngx_int_t
+}
+
+/// Runs in each worker as it exits: its threads leave the status page.
+extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    no_unwind(Site::PROCESS, "exit_process", (), worker::release_metrics);
 }
 
 /// The ngx crate's conf constructors, behind the guard like every other callback.
@@ -262,16 +269,21 @@ impl Site {
         // SAFETY: the constructors' contracts keep cf / r / ctx live while the guard runs;
         // ngx_cycle is always set on nginx's main thread, where every callback runs.
         unsafe {
-            let log = match self.0 {
+            let process = rwsgi::LogLabel::process();
+            let (log, label) = match self.0 {
                 SiteKind::Conf(cf) => {
                     ngx_conf_log_error!(NGX_LOG_EMERG, cf, "wsgi: {} {}", callback, panic);
                     return;
                 }
-                SiteKind::Process => (*ngx_cycle).log,
-                SiteKind::Handler(r) | SiteKind::Request(r) => (*(*r).connection).log,
-                SiteKind::Ending(ctx) => (*(*(*ctx).r()).connection).log,
+                SiteKind::Process => ((*ngx_cycle).log, &process),
+                SiteKind::Handler(r) | SiteKind::Request(r) => (
+                    (*(*r).connection).log,
+                    output::request_ctx(r).map_or(&process, |ctx| ctx.label()),
+                ),
+                SiteKind::Ending(ctx) => ((*(*(*ctx).r()).connection).log, (*ctx).label()),
             };
-            ngx_log_error!(NGX_LOG_ALERT, log, "wsgi: {} {}", callback, panic);
+            let message = format_args!("{callback} {panic}");
+            log::write_at(log, NGX_LOG_ALERT, label, message);
         }
     }
 

@@ -23,9 +23,8 @@ use crate::producer::Producer;
 use crate::{no_unwind, Module, Site};
 use ngx::ffi::*;
 use ngx::http::{HttpModule, HttpModuleLocationConf, NgxHttpCoreModule};
-use ngx::ngx_log_error;
 use rwsgi::metrics::{AppCounters, RequestEnd};
-use rwsgi::{LogLevel, OutputEvent};
+use rwsgi::{LogLabel, LogLevel, OutputEvent};
 use std::ffi::c_void;
 use std::ptr::{self, NonNull};
 use std::sync::mpsc;
@@ -59,8 +58,6 @@ pub struct RequestCtx {
     /// wsgi_stuck_after, and when the request is next reported as stuck.
     stuck_after: Duration,
     next_report: Duration,
-    /// The request's id in stuck reports ($request_id), computed at the first one.
-    request_id: Option<String>,
     /// The stack of a stuck request's thread, being formatted.
     stack: Option<PendingStack>,
     /// Events whose memory (bytes, files) nginx may still be sending.
@@ -112,7 +109,6 @@ impl RequestCtx {
             bytes_out: 0,
             stuck_after: Duration::from_secs(60),
             next_report: Duration::from_secs(60),
-            request_id: None,
             stack: None,
             holding: Vec::new(),
             holding_bytes: 0,
@@ -207,6 +203,11 @@ impl RequestCtx {
         });
     }
 
+    /// The label of the request's log lines (log.rs).
+    pub fn label(&self) -> &LogLabel {
+        self.producer.label()
+    }
+
     /// How long ago the handler took the request.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
@@ -279,12 +280,8 @@ impl RequestCtx {
         // SAFETY: r is live (caller), so is its connection.
         let log = unsafe { (*(*self.r).connection).log };
         for (level, message) in logs {
-            let level = match level {
-                LogLevel::Error => NGX_LOG_ERR,
-                LogLevel::Warn => NGX_LOG_WARN,
-                LogLevel::Info => NGX_LOG_INFO,
-            };
-            ngx_log_error!(level, log, "wsgi: {}", message);
+            // SAFETY: the connection's log is live (above), on the event loop.
+            unsafe { crate::log::write(log, level, self.label(), message) };
         }
         if events.is_empty() {
             return None;
@@ -770,7 +767,7 @@ extern "C" fn on_write(r: *mut ngx_http_request_t) {
         if unsafe { (*wev).timedout() } != 0 {
             // SAFETY: as above.
             unsafe {
-                ngx_log_error!(NGX_LOG_INFO, (*c).log, "wsgi: client timed out");
+                crate::log::write((*c).log, LogLevel::Info, ctx.label(), "client timed out");
                 (*c).set_timedout(1);
                 (*r).write_event_handler = Some(ngx_http_request_empty_handler);
             }
@@ -854,6 +851,11 @@ impl RequestCtx {
     /// self.r is live, held by the thread; on the event loop.
     unsafe fn report_stuck(&mut self) -> ngx_msec_t {
         let log = self.guard.log;
+        let label = self.producer.label();
+        // SAFETY: the guard's log is the live connection's, on the event loop (caller).
+        let warn = |message: &dyn std::fmt::Display| unsafe {
+            crate::log::write(log, LogLevel::Warn, label, message)
+        };
         if let Some(pending) = &self.stack {
             let stack = match pending.try_recv() {
                 Err(mpsc::TryRecvError::Empty) if self.started.elapsed() < self.next_report => {
@@ -863,30 +865,10 @@ impl RequestCtx {
                 Ok(stack) => stack,
             };
             self.stack = None;
-            let id = self.request_id.as_deref().unwrap_or("-");
             match stack {
-                Ok(Some(stack)) => {
-                    for line in stack.lines() {
-                        ngx_log_error!(NGX_LOG_WARN, log, "wsgi: request {}: {}", id, line);
-                    }
-                }
-                Ok(None) => {
-                    ngx_log_error!(
-                        NGX_LOG_WARN,
-                        log,
-                        "wsgi: request {}: its thread runs no Python code",
-                        id
-                    );
-                }
-                Err(why) => {
-                    ngx_log_error!(
-                        NGX_LOG_WARN,
-                        log,
-                        "wsgi: request {}: stack unavailable: {}",
-                        id,
-                        why
-                    );
-                }
+                Ok(Some(stack)) => stack.lines().for_each(|line| warn(&line)),
+                Ok(None) => warn(&"its thread runs no Python code"),
+                Err(why) => warn(&format_args!("stack unavailable: {why}")),
             }
         }
         let elapsed = self.started.elapsed();
@@ -896,40 +878,20 @@ impl RequestCtx {
         while self.next_report <= elapsed {
             self.next_report += self.stuck_after;
         }
-        // SAFETY: r is live (caller).
-        let id = self
-            .request_id
-            .get_or_insert_with(|| unsafe { request_id(self.r) })
-            .clone();
-        // SAFETY: as above; the request line lives with r.
+        // SAFETY: r is live (caller); the request line lives with r.
         let line =
             unsafe { String::from_utf8_lossy((*self.r).request_line.as_bytes()).into_owned() };
-        // SAFETY: as above.
-        let app = crate::config::location_conf(unsafe { &*self.r })
-            .map_or("-", |lc| lc.metrics_name.as_str());
-        let thread = self.producer.running_thread();
+        let (age, thread) = (elapsed.as_secs(), self.producer.running_thread());
         match thread {
             Some(thread) => {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "wsgi: request {} \"{}\" to app {} still in progress after {} s, in thread {:#x} (most recent call last):",
-                    id,
-                    line,
-                    app,
-                    elapsed.as_secs(),
-                    thread
-                );
+                warn(&format_args!(
+                    "request \"{line}\" still in progress after {age} s, in thread {thread:#x} (most recent call last):"
+                ));
                 self.stack = crate::shutdown::python_stack_later(thread);
                 if self.stack.is_some() {
                     return STACK_POLL_MS;
                 }
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "wsgi: request {}: stack unavailable: earlier stacks still wait for the GIL",
-                    id
-                );
+                warn(&"stack unavailable: earlier stacks still wait for the GIL");
             }
             None => {
                 let waiting = match self.producer.group() {
@@ -937,42 +899,11 @@ impl RequestCtx {
                     Some(group) => format!("proxied to process group {group}"),
                     None => "waiting for its client".to_string(),
                 };
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "wsgi: request {} \"{}\" to app {} still in progress after {} s, {}",
-                    id,
-                    line,
-                    app,
-                    elapsed.as_secs(),
-                    waiting
-                );
+                warn(&format_args!(
+                    "request \"{line}\" still in progress after {age} s, {waiting}"
+                ))
             }
         }
         self.guard_interval()
-    }
-}
-
-/// The request's `$request_id` (the same value the access log and wsgi_param see when
-/// the config uses that variable).
-///
-/// # Safety
-/// r is live; on the event loop.
-unsafe fn request_id(r: *mut ngx_http_request_t) -> String {
-    let mut name = ngx_str_t {
-        len: c"request_id".count_bytes(),
-        data: c"request_id".as_ptr() as *mut u8,
-    };
-    // SAFETY: r is live (caller); the name is static and lowercase, as nginx wants it;
-    // the value lives in r's pool and is copied out at once.
-    unsafe {
-        let key = ngx_hash_key(name.data, name.len);
-        let v = ngx_http_get_variable(r, &mut name, key);
-        if v.is_null() || (*v).not_found() != 0 || (*v).data.is_null() {
-            let c = (*r).connection;
-            return format!("*{}-{}", (*c).number, (*c).requests);
-        }
-        let bytes = std::slice::from_raw_parts((*v).data, (*v).len() as usize);
-        String::from_utf8_lossy(bytes).into_owned()
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::daemon_client::AppConn;
 use crate::exchange::LoopSide;
+use rwsgi::LogLabel;
 
 pub enum Producer {
     /// Embedded: a pool thread runs the app (exchange.rs, thread.rs).
@@ -49,6 +50,14 @@ impl Producer {
         match self {
             Producer::Thread(side) => side.running_thread(),
             Producer::Daemon(_) => None,
+        }
+    }
+
+    /// The label of the request's log lines (log.rs).
+    pub fn label(&self) -> &LogLabel {
+        match self {
+            Producer::Thread(side) => side.label(),
+            Producer::Daemon(conn) => conn.label(),
         }
     }
 

@@ -16,7 +16,7 @@
 use crate::output::RequestCtx;
 use crate::{no_unwind, Site};
 use ngx::ffi::*;
-use ngx::ngx_log_error;
+use rwsgi::{LogLabel, LogLevel};
 use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,11 +78,15 @@ extern "C" fn on_terminate(data: *mut c_void) {
             let again = NonNull::new(data as *mut RequestCtx).expect("watched ctx");
             // SAFETY: r is live, on the event loop, and `again` is its context.
             if !unsafe { watch(r, again) } {
-                ngx_log_error!(
-                    NGX_LOG_ALERT,
-                    log,
-                    "wsgi: cannot watch the request for worker_shutdown_timeout"
-                );
+                // SAFETY: log is the live connection's, on the event loop.
+                unsafe {
+                    crate::log::write_at(
+                        log,
+                        NGX_LOG_ALERT,
+                        ctx.label(),
+                        "cannot watch the request for worker_shutdown_timeout",
+                    )
+                };
             }
             return;
         }
@@ -92,7 +96,14 @@ extern "C" fn on_terminate(data: *mut c_void) {
             return;
         };
         // SAFETY: log is the live connection's.
-        unsafe { log_stuck(log, released.python_thread, released.group.as_deref()) };
+        unsafe {
+            log_stuck(
+                log,
+                ctx.label(),
+                released.python_thread,
+                released.group.as_deref(),
+            )
+        };
         // SAFETY: r is live (its cleanups are running).
         unsafe {
             if (*r).header_sent() == 0 {
@@ -105,7 +116,12 @@ extern "C" fn on_terminate(data: *mut c_void) {
 
 /// # Safety
 /// log is the request's connection log; on the event loop.
-unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>, group: Option<&str>) {
+unsafe fn log_stuck(
+    log: *mut ngx_log_t,
+    label: &LogLabel,
+    thread: Option<u64>,
+    group: Option<&str>,
+) {
     let (state, stack) = match thread.map(|t| (t, python_stack(t))) {
         // Its app process is told by the closed connection (and has its own timeouts).
         None if group.is_some() => (
@@ -126,14 +142,12 @@ unsafe fn log_stuck(log: *mut ngx_log_t, thread: Option<u64>, group: Option<&str
             None,
         ),
     };
-    ngx_log_error!(
-        NGX_LOG_WARN,
-        log,
-        "wsgi: worker_shutdown_timeout: closing a request {}",
-        state
-    );
+    let message = format!("worker_shutdown_timeout: closing a request {state}");
+    // SAFETY: log is live, on the event loop (the contract).
+    unsafe { crate::log::write(log, LogLevel::Warn, label, message) };
     for line in stack.iter().flat_map(|s| s.lines()) {
-        ngx_log_error!(NGX_LOG_WARN, log, "wsgi: {}", line);
+        // SAFETY: as above.
+        unsafe { crate::log::write(log, LogLevel::Warn, label, line) };
     }
 }
 

@@ -7,14 +7,16 @@
 //! has caught up ([`resume`]).
 
 use crate::exchange::ThreadSide;
+use rwsgi::metrics::AppCounters;
 use rwsgi::pool::Job;
 use rwsgi::{
     AppSpec, BodyReader, ClientGone, Flow, LogLevel, OutputEvent, Parked, Request, ResponseSink,
-    Runtime,
+    Runtime, Stage,
 };
 use std::sync::Arc;
 
-/// The job that runs a request's app, from the start.
+/// The job that runs a request's app, from the start. The request counts as waiting for
+/// a thread (status page) from now until the job starts, or is dropped unrun.
 pub fn start(
     spec: Arc<AppSpec>,
     runtime: Runtime,
@@ -22,7 +24,9 @@ pub fn start(
     body: Box<dyn BodyReader>,
     side: ThreadSide,
 ) -> Job {
+    let waiting = Waiting::new(side.app());
     Box::new(move || {
+        drop(waiting);
         let sink: Arc<dyn ResponseSink> = Arc::new(side.clone());
         drive(&side, || runtime.run(&spec, request, body, sink));
     })
@@ -76,7 +80,33 @@ impl ResponseSink for ThreadSide {
         if !ThreadSide::log(self, level, message) {
             // The request is over (the app kept wsgi.errors): nginx sends a worker's
             // stderr to its error log.
-            eprintln!("rwsgi: {message}");
+            eprintln!("{}", self.label().labelled(message));
+        }
+    }
+
+    fn stage(&self, stage: Stage) {
+        if let (Stage::LoadFailed, Some(app)) = (stage, self.app()) {
+            app.import_failed();
+        }
+    }
+}
+
+/// A request counted as waiting for a pool thread while this lives.
+struct Waiting(Option<&'static AppCounters>);
+
+impl Waiting {
+    fn new(app: Option<&'static AppCounters>) -> Waiting {
+        if let Some(app) = app {
+            app.wait();
+        }
+        Waiting(app)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(app) = self.0 {
+            app.stop_waiting();
         }
     }
 }

@@ -2,11 +2,11 @@
 //! the interpreter, the imported apps, the Python thread pool and the loop bridge.
 
 use crate::config::MainConf;
+use crate::log::write;
 use ngx::ffi::*;
-use ngx::ngx_log_error;
-use rwsgi::metrics::{AppCounters, Metrics};
+use rwsgi::metrics::{AppCounters, Metrics, ProcessGauges};
 use rwsgi::pool::WorkerPool;
-use rwsgi::{Runtime, ServerTraits};
+use rwsgi::{LogLabel, LogLevel, Runtime, ServerTraits};
 use std::sync::OnceLock;
 
 pub struct Worker {
@@ -21,6 +21,8 @@ pub struct Worker {
 static WORKER: OnceLock<Worker> = OnceLock::new();
 /// This worker's handle on the status counters in the shared zone (config.rs).
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+/// This worker's slot for its thread gauges.
+static PROCESS: OnceLock<&'static ProcessGauges> = OnceLock::new();
 
 pub fn metrics() -> Option<&'static Metrics> {
     METRICS.get()
@@ -50,7 +52,17 @@ pub unsafe fn attach_metrics(mc: &MainConf) {
     for (name, _) in &mc.mounts {
         let _ = metrics.app(name);
     }
+    if let Some(slot) = metrics.claim_process() {
+        let _ = PROCESS.set(slot);
+    }
     let _ = METRICS.set(metrics);
+}
+
+/// The worker is exiting: its thread gauges count no more.
+pub fn release_metrics() {
+    if let Some(slot) = PROCESS.get() {
+        slot.release();
+    }
 }
 
 pub fn get() -> Option<&'static Worker> {
@@ -66,6 +78,11 @@ pub fn get() -> Option<&'static Worker> {
 pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     // SAFETY: cycle is live (caller).
     let log = unsafe { (*cycle).log };
+    let process = LogLabel::process();
+    // SAFETY: the cycle's log is live, on the event loop (caller).
+    let emerg = |message: &dyn std::fmt::Display| unsafe {
+        crate::log::write_at(log, NGX_LOG_EMERG, &process, message)
+    };
     tune_malloc();
     let home = mc.python_home.as_deref().map(std::path::Path::new);
     let (threads, max_queue) = (mc.threads(), mc.max_queue());
@@ -77,35 +94,42 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let runtime = match Runtime::start(home, traits) {
         Ok(runtime) => runtime,
         Err(e) => {
-            ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
+            emerg(&e);
             return;
         }
     };
     // SAFETY: once per worker, on the event loop, from init_process (caller).
     if let Err(e) = unsafe { crate::bridge::start(cycle) } {
-        ngx_log_error!(NGX_LOG_EMERG, log, "wsgi: {}", e);
+        emerg(&e);
         return;
     }
     // Import every configured app now, once per worker, so errors show at start-up.
     for spec in &mc.apps {
+        let mounts: Vec<&str> = (mc.mounts.iter())
+            .filter(|(_, s)| s == spec)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        // An app mounted at several locations is named by all of them.
+        let label = LogLabel::app(&mounts.join(","));
+        // SAFETY: the cycle's log is live, on the event loop (caller).
+        let say =
+            |level, message: &dyn std::fmt::Display| unsafe { write(log, level, &label, message) };
         match runtime.preload(spec) {
-            Ok(()) => {
-                ngx_log_error!(NGX_LOG_INFO, log, "wsgi: loaded {}", spec.describe());
-            }
+            Ok(()) => say(LogLevel::Info, &format_args!("loaded {}", spec.describe())),
             Err(error) => {
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    "wsgi: cannot load {}; its requests get 500 until it loads:",
-                    spec.describe()
+                say(
+                    LogLevel::Error,
+                    &format_args!(
+                        "cannot load {}; its requests get 500 until it loads:",
+                        spec.describe()
+                    ),
                 );
-                for line in error.traceback.lines() {
-                    ngx_log_error!(NGX_LOG_ERR, log, "wsgi: {}", line);
-                }
-                for (name, _) in mc.mounts.iter().filter(|(_, s)| s == spec) {
-                    if let Some(app) = app_metrics(name) {
-                        app.import_failed();
-                    }
+                error
+                    .traceback
+                    .lines()
+                    .for_each(|line| say(LogLevel::Error, &line));
+                for app in mounts.iter().filter_map(|name| app_metrics(name)) {
+                    app.import_failed();
                 }
             }
         }
@@ -113,15 +137,13 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t, mc: &MainConf) {
     let pool = match runtime.start_pool(threads, max_queue) {
         Ok(pool) => pool,
         Err(e) => {
-            ngx_log_error!(
-                NGX_LOG_EMERG,
-                log,
-                "wsgi: cannot start Python threads: {}",
-                e
-            );
+            emerg(&format_args!("cannot start Python threads: {e}"));
             return;
         }
     };
+    if let Some(slot) = PROCESS.get() {
+        pool.report_threads(slot);
+    }
     let _ = WORKER.set(Worker {
         runtime,
         pool,

@@ -10,7 +10,7 @@
 
 use super::frame::{header, Fields, Frame, PutField, WireError, DATA_FRAME};
 use crate::app::AppTarget;
-use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead};
+use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, Stage};
 use crate::Chunk;
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -29,6 +29,7 @@ const END: u8 = 20;
 const ABORT: u8 = 21;
 const FAIL: u8 = 22;
 const LOG: u8 = 23;
+const STAGE: u8 = 24;
 
 /// Which of its group's apps the request is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,6 +52,9 @@ pub struct RequestFrame {
     pub secret: [u8; SECRET_LEN],
     /// The server can take an open file (FILE with SCM_RIGHTS) instead of its bytes.
     pub accepts_files: bool,
+    /// The server understands STAGE frames. A server that does not say so (an older
+    /// module, still running while a newer app process serves it) gets none.
+    pub accepts_stages: bool,
     /// When the server worker began to connect, in microseconds since the Unix epoch (0:
     /// not known): how long the request waited for a process (queue-timeout).
     pub connected_at_us: u64,
@@ -75,6 +79,9 @@ pub enum FromApp {
     /// the frame: [`FromApp::decode`] takes it from `fds`.
     Event(OutputEvent),
     Log(LogLevel, String),
+    /// The engine's [`Stage`] for the request, for the server's status page (the app
+    /// loaded or not, the request entered Python).
+    Stage(Stage),
 }
 
 impl ToApp {
@@ -84,7 +91,7 @@ impl ToApp {
             ToApp::Request(r) => {
                 let mut p = Vec::with_capacity(512);
                 p.extend_from_slice(&r.secret);
-                p.put_u8(u8::from(r.accepts_files));
+                p.put_u8(u8::from(r.accepts_files) | u8::from(r.accepts_stages) << 1);
                 p.put_u64(r.connected_at_us);
                 put_app(&mut p, &r.app);
                 put_request(&mut p, &r.request);
@@ -99,7 +106,8 @@ impl ToApp {
             REQUEST => {
                 let mut f = Fields::new(&frame.payload, "REQUEST");
                 let secret = f.fixed::<SECRET_LEN>()?;
-                let accepts_files = f.u8()? & 1 == 1;
+                let flags = f.u8()?;
+                let (accepts_files, accepts_stages) = (flags & 1 == 1, flags & 2 == 2);
                 let connected_at_us = f.u64()?;
                 let app = get_app(&mut f)?;
                 let request = get_request(&mut f)?;
@@ -107,6 +115,7 @@ impl ToApp {
                 Ok(ToApp::Request(Box::new(RequestFrame {
                     secret,
                     accepts_files,
+                    accepts_stages,
                     connected_at_us,
                     app,
                     request,
@@ -130,6 +139,7 @@ impl FromApp {
                 p.put_bytes(msg.as_bytes());
                 push_frame(out, LOG, &p);
             }
+            FromApp::Stage(stage) => push_frame(out, STAGE, &[stage_code(*stage)]),
             FromApp::Event(e) => encode_event(e, out),
         }
     }
@@ -154,6 +164,12 @@ impl FromApp {
                 let msg = String::from_utf8_lossy(&f.bytes()?).into_owned();
                 f.end()?;
                 return Ok(FromApp::Log(level, msg));
+            }
+            STAGE => {
+                let mut f = Fields::new(p, "STAGE");
+                let stage = stage_from_code(f.u8()?)?;
+                f.end()?;
+                return Ok(FromApp::Stage(stage));
             }
             HEAD => OutputEvent::Head(get_head(p)?),
             DATA => OutputEvent::Data(Chunk::owned(p.clone())),
@@ -236,6 +252,21 @@ fn level_from_code(code: u8) -> Result<LogLevel, WireError> {
         1 => Ok(LogLevel::Warn),
         2 => Ok(LogLevel::Info),
         n => Err(WireError(format!("unknown log level {n}"))),
+    }
+}
+
+fn stage_code(stage: Stage) -> u8 {
+    match stage {
+        Stage::Running => 0,
+        Stage::LoadFailed => 1,
+    }
+}
+
+fn stage_from_code(code: u8) -> Result<Stage, WireError> {
+    match code {
+        0 => Ok(Stage::Running),
+        1 => Ok(Stage::LoadFailed),
+        n => Err(WireError(format!("unknown stage {n}"))),
     }
 }
 

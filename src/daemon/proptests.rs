@@ -10,7 +10,7 @@
 use super::frame::{read_frame, Frame, FrameBuffer, DATA_FRAME};
 use super::messages::{encode_event, AppRef, FromApp, RequestFrame, ToApp};
 use crate::app::AppTarget;
-use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead};
+use crate::server::{ExtraValue, LogLevel, OutputEvent, Request, ResponseHead, Stage};
 use crate::Chunk;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -78,20 +78,23 @@ fn to_app() -> impl Strategy<Value = ToApp> {
     prop_oneof![
         (
             any::<[u8; 32]>(),
-            any::<bool>(),
+            any::<(bool, bool)>(),
             any::<u64>(),
             app_ref(),
             request()
         )
-            .prop_map(|(secret, accepts_files, connected_at_us, app, request)| {
-                ToApp::Request(Box::new(RequestFrame {
-                    secret,
-                    accepts_files,
-                    connected_at_us,
-                    app,
-                    request,
-                }))
-            }),
+            .prop_map(
+                |(secret, (accepts_files, accepts_stages), connected_at_us, app, request)| {
+                    ToApp::Request(Box::new(RequestFrame {
+                        secret,
+                        accepts_files,
+                        accepts_stages,
+                        connected_at_us,
+                        app,
+                        request,
+                    }))
+                }
+            ),
         bytes(300).prop_map(ToApp::Body),
     ]
 }
@@ -133,6 +136,7 @@ enum Sent {
     Abort,
     Fail(u16),
     Log(u8, String),
+    Stage(bool),
 }
 
 fn sent() -> impl Strategy<Value = Sent> {
@@ -146,7 +150,16 @@ fn sent() -> impl Strategy<Value = Sent> {
         Just(Sent::Abort),
         (500u16..600).prop_map(Sent::Fail),
         (0u8..3, ".{0,40}").prop_map(|(l, m)| Sent::Log(l, m)),
+        any::<bool>().prop_map(Sent::Stage),
     ]
+}
+
+fn stage(loaded: bool) -> Stage {
+    if loaded {
+        Stage::Running
+    } else {
+        Stage::LoadFailed
+    }
 }
 
 fn level(code: u8) -> LogLevel {
@@ -162,6 +175,7 @@ fn encode_sent(s: &Sent, out: &mut Vec<u8>) {
         Sent::Abort => encode_event(&OutputEvent::Abort, out),
         Sent::Fail(s) => encode_event(&OutputEvent::Fail(*s), out),
         Sent::Log(l, m) => FromApp::Log(level(*l), m.clone()).encode(out),
+        Sent::Stage(loaded) => FromApp::Stage(stage(*loaded)).encode(out),
     }
 }
 
@@ -190,6 +204,7 @@ fn describe(m: &FromApp) -> String {
     match m {
         FromApp::Read(n) => format!("Read({n})"),
         FromApp::Log(l, s) => format!("Log({l:?}, {s:?})"),
+        FromApp::Stage(s) => format!("Stage({s:?})"),
         FromApp::Event(OutputEvent::Head(h)) => format!(
             "Head({}, {:?}, {:?}, {:?})",
             h.status, h.status_line, h.headers, h.content_length
@@ -204,6 +219,7 @@ fn expected(sent: &[Sent]) -> Vec<String> {
         let text = match s {
             Sent::Read(n) => format!("Read({n})"),
             Sent::Log(l, m) => format!("Log({:?}, {m:?})", level(*l)),
+            Sent::Stage(loaded) => format!("Stage({:?})", stage(*loaded)),
             Sent::Head(h) => format!(
                 "Head({}, {:?}, {:?}, {:?})",
                 h.status, h.status_line, h.headers, h.content_length
@@ -351,6 +367,22 @@ fn oversized_and_empty_frames_are_refused() {
         payload: [&200u16.to_be_bytes()[..], &[0, 0, 0, 0], &[0xff; 4]].concat(),
     };
     assert!(FromApp::decode(&frame, &mut VecDeque::new()).is_err());
+}
+
+#[test]
+fn a_stage_frame_holds_one_known_stage() {
+    let frame = |payload: &[u8]| Frame {
+        kind: 24,
+        payload: payload.to_vec(),
+    };
+    let decode = |f: &Frame| FromApp::decode(f, &mut VecDeque::new());
+    assert!(matches!(
+        decode(&frame(&[1])),
+        Ok(FromApp::Stage(Stage::LoadFailed))
+    ));
+    assert!(decode(&frame(&[2])).is_err());
+    assert!(decode(&frame(&[])).is_err());
+    assert!(decode(&frame(&[0, 0])).is_err());
 }
 
 #[test]

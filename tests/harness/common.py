@@ -52,6 +52,23 @@ class Mount:
     validate: bool | None = None
 
 
+def daemon_app(kind: str, config: dict, prefix: str, script: str, group: str,
+               options: str = "processes=1 threads=2", callable: str | None = None) -> list[Mount]:
+    """Serves tests/apps/`script` at `prefix` in daemon process group `group` (created
+    with `options`, as the server's user) on a server of `kind`: adds the group, and on
+    Apache the alias, to `config` (the server's start options, changed in place); returns
+    the mounts to add (nginx's location; none on Apache, whose alias is in `extra`)."""
+    if kind == "nginx":
+        config.setdefault("daemons", {})[group] = options
+        return [Mount(prefix, script, callable=callable, validate=False,
+                      extra=[f"wsgi_process_group {group};"])]
+    alias = f"WSGIScriptAlias {prefix} {{apps}}/{script} process-group={group}"
+    if callable:
+        alias += f" callable-object={callable}"
+    config.setdefault("extra", []).extend([f"WSGIDaemonProcess {group} {options}", alias])
+    return []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -18,7 +18,8 @@ import struct
 import time
 
 REQUEST, BODY = 1, 2
-READ, HEAD, DATA, FILE, END, ABORT, FAIL, LOG = 16, 17, 18, 19, 20, 21, 22, 23
+READ, HEAD, DATA, FILE, END, ABORT, FAIL, LOG, STAGE = 16, 17, 18, 19, 20, 21, 22, 23, 24
+STAGES = {0: "running", 1: "load-failed"}
 
 
 class Control:
@@ -81,8 +82,10 @@ def _frame(kind: int, payload: bytes) -> bytes:
 
 def request_frame(secret: bytes, script: str, *, method="GET", path="/", query=b"",
                   headers=(), body_length=None, callable_="application",
-                  connected_at_us=0) -> bytes:
-    p = secret + bytes([0]) + struct.pack(">Q", connected_at_us)
+                  connected_at_us=0, stages=False) -> bytes:
+    """`stages`: ask for STAGE frames (REQUEST flag bit 1), as the servers do."""
+    flags = 2 if stages else 0
+    p = secret + bytes([flags]) + struct.pack(">Q", connected_at_us)
     p += bytes([0]) + _bytes(script.encode()) + _bytes(callable_.encode())
     p += _bytes(method.encode()) + _bytes(b"") + _bytes(path.encode()) + _bytes(query)
     p += _bytes(b"HTTP/1.1") + _bytes(b"localhost") + _bytes(b"80")
@@ -105,6 +108,7 @@ class Answer:
         self.headers = []
         self.body = b""
         self.logs = []
+        self.stages = []       # the engine's stages the app process reported, in order
         self.final = None      # "end", "abort", ("fail", status) or None (connection closed)
 
 
@@ -167,6 +171,8 @@ def request(socket_path, secret: bytes, script: str, body: bytes = b"", timeout=
             elif kind == LOG:
                 (n,) = struct.unpack(">I", payload[1:5])
                 answer.logs.append(payload[5:5 + n].decode())
+            elif kind == STAGE:
+                answer.stages.append(STAGES.get(payload[0], payload[0]))
             elif kind in (END, ABORT, FAIL):
                 answer.final = {END: "end", ABORT: "abort"}.get(kind) or \
                     ("fail", struct.unpack(">H", payload)[0])
