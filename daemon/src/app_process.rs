@@ -137,11 +137,16 @@ fn read_config() -> Result<AppProcessConfig, String> {
     serde_json::from_str(&text).map_err(|e| format!("bad configuration from the supervisor: {e}"))
 }
 
-/// Connections accepted and not yet taken, and how many threads wait for one.
+/// Connections accepted and not yet taken, and how many threads wait for one. Two
+/// condition variables, so that each event wakes the one thread it is for: a connection
+/// wakes one serving thread, a thread becoming idle wakes the accepting thread.
 #[derive(Default)]
 struct HandOff {
     state: Mutex<HandOffState>,
-    changed: Condvar,
+    /// A connection was queued (serving threads wait on it).
+    queued: Condvar,
+    /// A serving thread became idle (the accepting thread waits on it).
+    freed: Condvar,
 }
 
 #[derive(Default)]
@@ -161,13 +166,13 @@ fn serving_thread(served: &Served, lifecycle: &Lifecycle, hand_off: &HandOff) {
         let conn = {
             let mut state = hand_off.lock();
             state.idle += 1;
-            hand_off.changed.notify_all();
+            hand_off.freed.notify_one();
             loop {
                 if let Some(conn) = state.accepted.pop_front() {
                     break conn;
                 }
                 state = hand_off
-                    .changed
+                    .queued
                     .wait(state)
                     .unwrap_or_else(|e| e.into_inner());
             }
@@ -184,7 +189,7 @@ fn accept_loop(listener: &UnixListener, lifecycle: &Lifecycle, hand_off: &HandOf
             let mut state = hand_off.lock();
             while state.idle == 0 && lifecycle.accepting() {
                 state = hand_off
-                    .changed
+                    .freed
                     .wait_timeout(state, Duration::from_millis(250))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
@@ -202,7 +207,7 @@ fn accept_loop(listener: &UnixListener, lifecycle: &Lifecycle, hand_off: &HandOf
                 let mut state = hand_off.lock();
                 state.idle -= 1;
                 state.accepted.push_back(conn);
-                hand_off.changed.notify_all();
+                hand_off.queued.notify_one();
             }
             // Another process of the group took it, or the peer left: wait again.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
