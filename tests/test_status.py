@@ -153,6 +153,9 @@ def test_prometheus_output_parses(status_server, kind):
         assert info.labels["server"] == kind and info.labels["python_version"].startswith("3.")
 
 
+@pytest.mark.embedded_only("the thread gauges count the server's own Python threads: nginx's "
+                            "workers have none in daemon mode (the app processes' threads are "
+                            "not on the status page yet)")
 def test_html_page(status_server):
     srv = status_server
     for _ in range(3):
@@ -310,6 +313,9 @@ def test_apache_import_failures_on_first_request_counted(make_server):
     assert app_of(doc, "/hello")["import_failures"] == 0
 
 
+@pytest.mark.embedded_only("the thread gauges count the server's own Python threads: nginx's "
+                            "workers have none in daemon mode (the app processes' threads are "
+                            "not on the status page yet)")
 def test_threads_busy_while_the_app_runs(status_server):
     """2 workers of 8 threads: idle at rest, one busy while a request sleeps in the app,
     idle again after; in all three forms."""
