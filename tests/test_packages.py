@@ -648,8 +648,11 @@ def test_packages_install_enable_serve_purge(debs, system, tenant):
     for moddir in ("/usr/lib/nginx/modules", "/usr/lib/apache2/modules"):
         assert Path(moddir, "rwsgi-daemon").resolve() == PROGRAM
     assert unit_exec_start(UNIT.read_text()).split()[0] == str(PROGRAM)
-    # systemd checks the unit, and that its ExecStart program exists
-    run(["systemd-analyze", "verify", "--man=no", "rwsgi-daemon@pkgtest.service"])
+    # systemd checks the unit, and that its ExecStart program exists (a system without
+    # systemd, such as the matrix's Debian 13 chroot, has no systemd-analyze: the lines
+    # above then are the check)
+    if shutil.which("systemd-analyze"):
+        run(["systemd-analyze", "verify", "--man=no", "rwsgi-daemon@pkgtest.service"])
 
     # nginx: enabled by the package's link
     assert NGX_LINK.is_symlink() and \
