@@ -67,10 +67,12 @@ pub fn serve(conn: UnixStream, served: &Served, lifecycle: &Lifecycle) {
     );
     let Ok(reader) = conn.try_clone() else { return };
     let context = format!("group {}, {what}", served.group.name);
-    let Ok(sink) = SocketSink::new(conn, req.accepts_files, req.accepts_stages, context) else {
-        return;
-    };
-    let sink = Arc::new(sink);
+    let sink = Arc::new(SocketSink::new(
+        conn,
+        req.accepts_files,
+        req.accepts_stages,
+        context,
+    ));
     let Some(app) = find_app(&served.group, &req) else {
         let name = match &req.app.target {
             rwsgi::AppTarget::Script(p) => p.display().to_string(),

@@ -20,7 +20,7 @@ use rwsgi::daemon::{FrameBuffer, DATA_FRAME};
 use rwsgi::{ClientGone, LogLevel, OutputEvent, ResponseSink, Stage};
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard};
@@ -38,8 +38,9 @@ pub struct SocketSink {
     accepts_stages: bool,
     /// "group NAME, GET /uri", for lines that end up on stderr.
     context: String,
-    /// A second handle on the same socket, to shut it down while a write blocks.
-    control: UnixStream,
+    /// The writer's socket, to shut it down while a write blocks (the writer's stream
+    /// owns it and closes it only when the sink is dropped).
+    fd: RawFd,
 }
 
 struct Writer {
@@ -61,9 +62,9 @@ impl SocketSink {
         accepts_files: bool,
         accepts_stages: bool,
         context: String,
-    ) -> io::Result<SocketSink> {
-        Ok(SocketSink {
-            control: stream.try_clone()?,
+    ) -> SocketSink {
+        SocketSink {
+            fd: stream.as_raw_fd(),
             writer: Mutex::new(Writer {
                 stream,
                 out: Vec::with_capacity(16 * 1024),
@@ -76,7 +77,7 @@ impl SocketSink {
             accepts_files,
             accepts_stages,
             context,
-        })
+        }
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -108,9 +109,11 @@ impl SocketSink {
     /// for a thread blocked on the client: its socket is shut down instead.
     pub fn time_out(&self) {
         let Ok(mut w) = self.writer.try_lock() else {
-            // The writer's holder is blocked in a write: shutting the socket down through
-            // the second handle wakes it with an error.
-            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            // The writer's holder is blocked in a write: shutting the socket down wakes it
+            // with an error.
+            // SAFETY: fd is the writer's open socket, which lives as long as self;
+            // shutdown changes no memory.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
             return;
         };
         if w.finished {
